@@ -1,0 +1,58 @@
+"""napari-g3dvit: where did my 3D Vision Transformer look?
+
+Public API::
+
+    import napari_g3dvit as g3d
+    g3d.METHODS
+    g3d.token_layers(model)
+    exp = g3d.explain(model, volume, method="g3dvit", ...)
+
+Names that need torch are imported on first use, so importing the package (as napari does to
+read the plugin manifest) stays fast.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+from .errors import G3DViTError, LayerError, ModelError, SettingsError, VolumeError
+from .options import DEFAULT_THRESHOLD, METHODS, POOLINGS, UPSAMPLE_MODES
+
+try:
+    from importlib.metadata import version as _version
+
+    __version__ = _version("napari-g3dvit")
+except Exception:  # pragma: no cover - running from a source tree without metadata
+    __version__ = "0.0.0+unknown"
+
+_LAZY = {
+    "explain": ".api",
+    "token_layers": ".api",
+    "Explanation": ".explanation",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .api import explain, token_layers
+    from .explanation import Explanation
+
+__all__ = [
+    "METHODS",
+    "POOLINGS",
+    "UPSAMPLE_MODES",
+    "DEFAULT_THRESHOLD",
+    "G3DViTError",
+    "VolumeError",
+    "ModelError",
+    "LayerError",
+    "SettingsError",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'napari_g3dvit' has no attribute {name!r}")

@@ -1,0 +1,224 @@
+"""The public entry points: ``explain`` (a 3D ViT and a volume in, maps out) and ``token_layers``."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .cam.engine import prepared_model, run_capture
+from .cam.methods import TOKEN_SCORES
+from .cam.postprocess import keep_top_percent, normalise_tokens, tokens_to_voxels
+from .errors import SettingsError, VolumeError
+from .explanation import Explanation
+from .models import find_adapter
+from .models.layers import probe_token_layers, resolve_layer
+from .options import DEFAULT_THRESHOLD, METHODS, POOLINGS, UPSAMPLE_MODES
+
+DEFAULT_BATCH_SIZE = 8
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """CUDA when available for ``None``; otherwise the named device, checked to exist."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise SettingsError(f"{device!r} is not a device name; use 'cpu', 'cuda' or 'cuda:N'") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SettingsError("device 'cuda' was asked for, but this machine has no usable CUDA GPU")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise SettingsError(f"device {str(dev)!r} does not exist: this machine has {count} CUDA GPU(s)")
+    elif dev.type != "cpu":
+        raise SettingsError(f"device {str(dev)!r} is not supported; use 'cpu', 'cuda' or 'cuda:N'")
+    return dev
+
+
+def _as_series(volume) -> tuple[torch.Tensor, bool]:
+    """A volume (D, H, W) or series (T, D, H, W) as float32 [T, D, H, W], and whether it was 4D."""
+    if isinstance(volume, torch.Tensor):
+        array = volume.detach().cpu()
+    else:
+        try:
+            array = torch.as_tensor(np.asarray(volume))
+        except (TypeError, ValueError) as err:
+            raise VolumeError(f"the volume must be a numeric array, got {type(volume).__name__}") from err
+    if array.dtype.is_complex:
+        raise VolumeError("the volume holds complex numbers; pass its magnitude")
+    if array.ndim not in (3, 4):
+        shape = "x".join(map(str, array.shape)) or "a scalar"
+        raise VolumeError(
+            f"the volume has {array.ndim} dimension(s) ({shape}); napari-g3dvit needs a 3D volume "
+            "(D, H, W) or a 4D series of timepoints (T, D, H, W)"
+        )
+    array = array.float()
+    bad = ~torch.isfinite(array)
+    if bool(bad.any()):
+        n_nan = int(torch.isnan(array).sum())
+        raise VolumeError(
+            f"the volume holds {n_nan} NaN and {int(bad.sum()) - n_nan} infinite voxel value(s); "
+            "replace them (e.g. with numpy.nan_to_num) before explaining"
+        )
+    is_series = array.ndim == 4
+    return (array if is_series else array[None]), is_series
+
+
+def _check_choice(value, choices: Sequence[str], what: str) -> None:
+    if value not in choices:
+        raise SettingsError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def _targets(target, count: int) -> torch.Tensor | None:
+    """None, one class for all, or one class per timepoint -> [T] int64 (or None)."""
+    if target is None:
+        return None
+    values = np.atleast_1d(np.asarray(target))
+    if values.dtype.kind not in "iu" or values.ndim != 1:
+        raise SettingsError(f"target must be None, a class index or one index per timepoint, got {target!r}")
+    if values.size == 1:
+        values = np.repeat(values, count)
+    if values.size != count:
+        raise SettingsError(f"{values.size} targets were given for {count} timepoints; give one per timepoint")
+    if (values < 0).any():
+        raise SettingsError(f"target classes are indices from 0; got {int(values.min())}")
+    return torch.as_tensor(values, dtype=torch.int64)
+
+
+def token_layers(model: nn.Module, device: str | torch.device | None = "cpu") -> list[tuple[str, tuple[int, int]]]:
+    """Layers of ``model`` whose output is a token sequence of its ViT.
+
+    Returns ``[(dotted_name, (tokens, channels)), ...]`` in the order they run; any of the names
+    can be passed to ``explain(..., layer=name)``.
+    """
+    adapter = find_adapter(model)
+    dev = resolve_device(device)
+    with prepared_model(model, dev):
+        return probe_token_layers(model, adapter, dev)
+
+
+def explain(
+    model: nn.Module,
+    volume,
+    method: str | Sequence[str] = "g3dvit",
+    layer: str | nn.Module | Sequence[str | nn.Module] | None = None,
+    pooling: str = "mean",
+    target: int | Sequence[int] | None = None,
+    threshold: float | None = DEFAULT_THRESHOLD,
+    upsample: str = "trilinear",
+    device: str | torch.device | None = None,
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+):
+    """Class-activation map(s) of ``volume`` under ``model``.
+
+    model:      an nn.Module that is, or contains, a vit-pytorch 3D ViT; the score is the whole
+                module's output for the target class.
+    volume:     array or tensor (D, H, W), or (T, D, H, W) for a series of timepoints, in the
+                model's input size.
+    method:     one of ``METHODS``, or a list of them (computed from the same pass).
+    layer:      None for the last block's attention-input LayerNorm, a dotted name, a module,
+                or a list of those (computed from the same pass).
+    target:     None (each volume's predicted class), a class index, or one per timepoint.
+    threshold:  percentage of the highest token values kept; None keeps all.
+    progress:   called as ``progress(done, total)`` after each batch of timepoints; raising
+                from it stops the run.
+
+    Returns an ``Explanation``; a list of methods gives ``{method: Explanation}``, a list of
+    layers ``{layer: Explanation}``, and both ``{(method, layer): Explanation}``.
+    """
+    methods = [method] if isinstance(method, str) else list(method)
+    for name in methods:
+        _check_choice(name, METHODS, "method")
+    if not methods:
+        raise SettingsError("no method was given; choose from: " + ", ".join(METHODS))
+    _check_choice(pooling, POOLINGS, "pooling")
+    _check_choice(upsample, UPSAMPLE_MODES, "upsampling")
+    if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold <= 100):
+        raise SettingsError(f"threshold is the percentage of token values kept, in (0, 100], or None; got {threshold!r}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise SettingsError(f"batch_size must be a positive whole number, got {batch_size!r}")
+
+    adapter = find_adapter(model)
+    series, is_series = _as_series(volume)
+    grid = adapter.geometry.grid_for(tuple(series.shape[1:]))
+    count = series.shape[0]
+    targets = _targets(target, count)
+    dev = resolve_device(device)
+
+    layer_list = [layer] if layer is None or isinstance(layer, (str, nn.Module)) else list(layer)
+    hooked: dict[str, nn.Module] = {}
+    for spec in layer_list:
+        name, module = resolve_layer(model, adapter.default_layer if spec is None else spec)
+        hooked[name] = module
+
+    chunk = batch_size or DEFAULT_BATCH_SIZE
+    num_patches = adapter.geometry.num_patches
+    keys = [(m, n) for m in methods for n in hooked]
+    token_maps: dict[tuple[str, str], list[torch.Tensor]] = {k: [] for k in keys}
+    voxel_maps: dict[tuple[str, str], list[torch.Tensor]] = {k: [] for k in keys}
+    logits_parts, target_parts = [], []
+
+    with prepared_model(model, dev):
+        for start in range(0, count, chunk):
+            inputs = series[start : start + chunk, None].to(dev)  # [b, 1, D, H, W]
+            if adapter.geometry.channels != 1:
+                inputs = inputs.expand(-1, adapter.geometry.channels, -1, -1, -1)
+            part_targets = None if targets is None else targets[start : start + chunk].to(dev)
+            capture = run_capture(adapter, inputs, hooked, part_targets)
+            for m, n in keys:
+                scores = TOKEN_SCORES[m](capture.activations[n], capture.gradients[n], num_patches, pooling)
+                maps = keep_top_percent(normalise_tokens(scores.float()), threshold)
+                maps = maps.reshape(-1, *grid)
+                token_maps[(m, n)].append(maps.cpu())
+                voxel_maps[(m, n)].append(tokens_to_voxels(maps, adapter.geometry.patch_size, upsample).cpu())
+            logits_parts.append(capture.logits.float().cpu())
+            target_parts.append(capture.targets.cpu())
+            del capture
+            if progress is not None:
+                progress(min(start + chunk, count), count)
+
+    logits = torch.cat(logits_parts)
+    probabilities = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+    used_targets = torch.cat(target_parts).numpy()
+
+    def result(key: tuple[str, str]) -> Explanation:
+        m, n = key
+        heat = torch.cat(voxel_maps[key]).numpy().astype(np.float32)
+        tokens = torch.cat(token_maps[key]).numpy().astype(np.float32)
+        if not heat.any():
+            warnings.warn(
+                f"the {m} map at layer {n!r} is zero everywhere: no token had positive evidence. "
+                "For g3dvit this is expected at residual-stream layers (their gradients average "
+                "to zero over channels) and at a LayerNorm whose affine is still the identity; "
+                "use the default layer or another method",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return Explanation(
+            heatmap=heat if is_series else heat[0],
+            token_map=tokens if is_series else tokens[0],
+            target=used_targets.astype(np.int64) if is_series else int(used_targets[0]),
+            probabilities=(probabilities if is_series else probabilities[0]).numpy(),
+            method=m,
+            layer=n,
+            pooling=pooling,
+            threshold=None if threshold is None else float(threshold),
+            upsample=upsample,
+            device=str(dev),
+        )
+
+    many_methods = not isinstance(method, str)
+    many_layers = not (layer is None or isinstance(layer, (str, nn.Module)))
+    if many_methods and many_layers:
+        return {k: result(k) for k in keys}
+    if many_methods:
+        return {m: result((m, n)) for m, n in keys}
+    if many_layers:
+        return {n: result((m, n)) for m, n in keys}
+    return result(keys[0])

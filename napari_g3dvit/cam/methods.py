@@ -1,0 +1,95 @@
+"""The CAM methods: small pure functions from one pass's tensors to one score per token.
+
+Every function takes the hooked layer's activations ``A`` and the gradients ``G`` of the target
+score with respect to them, both ``[B, T, C]`` with the patch tokens last (any prefix tokens,
+such as CLS, first), and returns raw token scores ``[B, N]`` for the N patch tokens, before the
+shared ReLU, normalisation and threshold of ``postprocess.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..options import METHODS, POOLINGS
+
+Tensor = torch.Tensor
+
+
+def _patches(t: Tensor, num_patches: int) -> Tensor:
+    """[B, T, C] -> [B, N, C], dropping prefix tokens."""
+    return t[:, t.shape[1] - num_patches :]
+
+
+def pool_gradients(grads: Tensor, pooling: str) -> Tensor:
+    """One weight per token from its gradient over the feature axis: [B, T, C] -> [B, T]."""
+    if pooling == "mean":
+        return grads.mean(dim=-1)
+    if pooling == "max":
+        return grads.amax(dim=-1)
+    if pooling == "absmean":
+        return grads.abs().mean(dim=-1)
+    if pooling == "relu":
+        return grads.clamp(min=0).mean(dim=-1)
+    raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+
+
+#: A channel sum smaller than this fraction of the summed magnitudes is rounding noise.
+CANCELLATION_RTOL = 1e-4
+
+
+def _without_cancellation(total: Tensor, magnitude: Tensor) -> Tensor:
+    """Zero the sums that cancel down to float noise: both [B, T]."""
+    return torch.where(total.abs() <= CANCELLATION_RTOL * magnitude, torch.zeros_like(total), total)
+
+
+def g3dvit(acts: Tensor, grads: Tensor, num_patches: int, pooling: str = "mean") -> Tensor:
+    """G3D-ViT, token-weighted: score[t] = pool_C(G[t]) * sum_C A[t].
+
+    Both factors can cancel exactly: sum_C A is 0 for a LayerNorm output whose affine is the
+    identity, and mean_C G is 0 at residual-stream layers, because every path from there to the
+    score passes through a LayerNorm. Computed in float64, such cancellations give 0 rather
+    than rounding noise that normalisation would blow up into a fake map.
+    """
+    acts, grads = acts.double(), grads.double()
+    weights = pool_gradients(grads, pooling)
+    if pooling == "mean":
+        weights = _without_cancellation(weights, grads.abs().mean(dim=-1))
+    sums = _without_cancellation(acts.sum(dim=-1), acts.abs().sum(dim=-1))
+    return _patches((weights * sums)[..., None], num_patches)[..., 0]
+
+
+def gradcam(acts: Tensor, grads: Tensor, num_patches: int, pooling: str = "mean") -> Tensor:
+    """Classic channel-weighted GradCAM: alpha[C] = mean over patch tokens of G; score = sum_C alpha A."""
+    a, g = _patches(acts, num_patches), _patches(grads, num_patches)
+    alpha = g.mean(dim=1, keepdim=True)  # [B, 1, C]
+    return (alpha * a).sum(dim=-1)
+
+
+def layercam(acts: Tensor, grads: Tensor, num_patches: int, pooling: str = "mean") -> Tensor:
+    """LayerCAM: score = sum_C ReLU(G) * A."""
+    a, g = _patches(acts, num_patches), _patches(grads, num_patches)
+    return (g.clamp(min=0) * a).sum(dim=-1)
+
+
+def gradcam_elementwise(acts: Tensor, grads: Tensor, num_patches: int, pooling: str = "mean") -> Tensor:
+    """GradCAM-ElementWise: score = sum_C ReLU(G * A)."""
+    a, g = _patches(acts, num_patches), _patches(grads, num_patches)
+    return (g * a).clamp(min=0).sum(dim=-1)
+
+
+def hirescam(acts: Tensor, grads: Tensor, num_patches: int, pooling: str = "mean") -> Tensor:
+    """HiResCAM: score = sum_C G * A."""
+    a, g = _patches(acts, num_patches), _patches(grads, num_patches)
+    return (g * a).sum(dim=-1)
+
+
+TOKEN_SCORES: dict[str, Callable[..., Tensor]] = {
+    "g3dvit": g3dvit,
+    "gradcam": gradcam,
+    "layercam": layercam,
+    "gradcam-elementwise": gradcam_elementwise,
+    "hirescam": hirescam,
+}
+assert tuple(TOKEN_SCORES) == METHODS, "options.METHODS and the method registry disagree"
