@@ -5,7 +5,9 @@ Public API::
     import napari_g3dvit as g3d
     g3d.METHODS
     g3d.token_layers(model)
+    model = g3d.load_model("model.safetensors")      # config from model.json beside it
     exp = g3d.explain(model, volume, method="g3dvit", ...)
+    g3d.save_model(module, "model.safetensors", config)
 
 Names that need torch are imported on first use, so importing the package (as napari does to
 read the plugin manifest) stays fast.
@@ -30,11 +32,14 @@ _LAZY = {
     "explain": ".api",
     "token_layers": ".api",
     "Explanation": ".explanation",
+    "load_model": ".models.loading",
+    "save_model": ".models.loading",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from .api import explain, token_layers
     from .explanation import Explanation
+    from .models.loading import load_model, save_model
 
 __all__ = [
     "METHODS",

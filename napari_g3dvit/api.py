@@ -16,6 +16,7 @@ from .errors import SettingsError, VolumeError
 from .explanation import Explanation
 from .models import find_adapter
 from .models.layers import probe_token_layers, resolve_layer
+from .models.preprocessing import Preprocessing
 from .options import DEFAULT_THRESHOLD, METHODS, POOLINGS, UPSAMPLE_MODES
 
 DEFAULT_BATCH_SIZE = 8
@@ -114,13 +115,14 @@ def explain(
     device: str | torch.device | None = None,
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    preprocessing: dict | None = None,
 ):
     """Class-activation map(s) of ``volume`` under ``model``.
 
     model:      an nn.Module that is, or contains, a vit-pytorch 3D ViT; the score is the whole
                 module's output for the target class.
-    volume:     array or tensor (D, H, W), or (T, D, H, W) for a series of timepoints, in the
-                model's input size.
+    volume:     array or tensor (D, H, W), or (T, D, H, W) for a series of timepoints; in the
+                model's input size, or any size its config's preprocessing turns into it.
     method:     one of ``METHODS``, or a list of them (computed from the same pass).
     layer:      None for the last block's attention-input LayerNorm, a dotted name, a module,
                 or a list of those (computed from the same pass).
@@ -128,6 +130,8 @@ def explain(
     threshold:  percentage of the highest token values kept; None keeps all.
     progress:   called as ``progress(done, total)`` after each batch of timepoints; raising
                 from it stops the run.
+    preprocessing: a spec (axes, crop, resample, normalize) overriding the one in the model's
+                config; the heatmap always comes back on the volume's own voxels.
 
     Returns an ``Explanation``; a list of methods gives ``{method: Explanation}``, a list of
     layers ``{layer: Explanation}``, and both ``{(method, layer): Explanation}``.
@@ -145,7 +149,11 @@ def explain(
         raise SettingsError(f"batch_size must be a positive whole number, got {batch_size!r}")
 
     adapter = find_adapter(model)
+    config = getattr(model, "g3dvit_config", None) or {}
+    prep = Preprocessing.from_config(preprocessing if preprocessing is not None else config.get("preprocessing"))
     series, is_series = _as_series(volume)
+    volume_shape = tuple(series.shape[1:])
+    series = prep.to_model(series, adapter.geometry.input_shape)
     grid = adapter.geometry.grid_for(tuple(series.shape[1:]))
     count = series.shape[0]
     targets = _targets(target, count)
@@ -176,7 +184,8 @@ def explain(
                 maps = keep_top_percent(normalise_tokens(scores.float()), threshold)
                 maps = maps.reshape(-1, *grid)
                 token_maps[(m, n)].append(maps.cpu())
-                voxel_maps[(m, n)].append(tokens_to_voxels(maps, adapter.geometry.patch_size, upsample).cpu())
+                voxels = tokens_to_voxels(maps, adapter.geometry.patch_size, upsample)
+                voxel_maps[(m, n)].append(prep.to_volume(voxels, volume_shape).cpu())
             logits_parts.append(capture.logits.float().cpu())
             target_parts.append(capture.targets.cpu())
             del capture

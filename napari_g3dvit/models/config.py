@@ -1,0 +1,144 @@
+"""The model config: what a checkpoint file does not say about its architecture.
+
+Schema (a JSON file beside the checkpoint, or a dict)::
+
+    {"architecture": "vit-pytorch-3d",
+     "vit": {"image_size": 90, "image_patch_size": 9, "frames": 90, "frame_patch_size": 9,
+             "num_classes": 2, "dim": 1024, "depth": 6, "heads": 8, "mlp_dim": 2048,
+             "pool": "cls", "channels": 1, "dim_head": 64},
+     "head": null,                       # or {"sizes": [1024, 512, 2], "activation": "relu"}
+     "patch_layout": "pf p1 p2 c",       # "p1 p2 pf c": vit-pytorch 1.16.1 or older
+     "preprocessing": {"axes": [0, 1, 2], "crop": [[1, 0], [10, 9], [1, 0]],
+                       "normalize": "zscore"},
+     "class_names": ["young", "old"]}
+
+Fields the tensors determine may be left out and are inferred; what they cannot determine must
+be given, and the error lists exactly what is missing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import ModelError
+
+ARCHITECTURES = ("vit-pytorch-3d", "monai-vit")
+CURRENT_LAYOUT = "pf p1 p2 c"
+LEGACY_LAYOUT = "p1 p2 pf c"
+PATCH_LAYOUTS = (CURRENT_LAYOUT, LEGACY_LAYOUT)
+NORMALIZATIONS = ("none", "zscore", "minmax")
+HEAD_ACTIVATIONS = ("relu", "gelu", "tanh", "none")
+
+VIT_INT_FIELDS = ("frames", "frame_patch_size", "num_classes", "dim", "depth", "heads",
+                  "mlp_dim", "channels", "dim_head")
+
+
+class ConfigError(ModelError):
+    """The config is missing, unreadable, or holds values that make no model."""
+
+
+def pair(value) -> tuple[int, int]:
+    """(height, width) from an int or a 2-sequence."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ConfigError(f"expected one size or (height, width), got {value!r}")
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def read_config_file(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read the model config {path}: {err.strerror or err}") from err
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"the model config {path} is not valid JSON ({err.msg}, line {err.lineno})") from err
+    if not isinstance(config, dict):
+        raise ConfigError(f"the model config {path} must hold a JSON object, not {type(config).__name__}")
+    return config
+
+
+def find_config_beside(checkpoint: Path) -> Path | None:
+    """``<name>.json`` beside the checkpoint, else ``config.json`` in its folder."""
+    name = checkpoint.name
+    for suffix in (".safetensors", ".pth", ".pt", ".ckpt", ".bin"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    for candidate in (checkpoint.with_name(name + ".json"), checkpoint.with_name("config.json")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _positive_int(section: str, key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"config {section}.{key} must be a positive whole number, got {value!r}")
+    return value
+
+
+def validate(config: Mapping) -> dict:
+    """A checked, normalised copy of a complete config; ConfigError names each bad value."""
+    cfg = copy.deepcopy(dict(config))
+    arch = cfg.setdefault("architecture", "vit-pytorch-3d")
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"config architecture {arch!r} is not supported; use one of {', '.join(ARCHITECTURES)}")
+    vit = cfg.get("vit")
+    if not isinstance(vit, dict):
+        raise ConfigError("config needs a 'vit' object with the ViT's constructor arguments")
+    for key in VIT_INT_FIELDS:
+        vit[key] = _positive_int("vit", key, vit.get(key))
+    for key in ("image_size", "image_patch_size"):
+        value = vit.get(key)
+        sizes = value if isinstance(value, (list, tuple)) else [value]
+        for size in sizes:
+            _positive_int("vit", key, size)
+        vit[key] = list(pair(value)) if isinstance(value, (list, tuple)) else int(value)
+    image, patch = pair(vit["image_size"]), pair(vit["image_patch_size"])
+    for size, step, what in ((image[0], patch[0], "image height"), (image[1], patch[1], "image width"),
+                             (vit["frames"], vit["frame_patch_size"], "frames")):
+        if size % step:
+            raise ConfigError(f"config vit: {what} {size} is not a multiple of its patch size {step}")
+    vit.setdefault("pool", "cls")
+    if vit["pool"] not in ("cls", "mean"):
+        raise ConfigError(f"config vit.pool must be 'cls' or 'mean', got {vit['pool']!r}")
+    head = cfg.setdefault("head", None)
+    if head is not None:
+        sizes = head.get("sizes") if isinstance(head, dict) else None
+        if not isinstance(sizes, list) or len(sizes) < 2:
+            raise ConfigError("config head needs 'sizes': [in, ..., classes], at least two numbers")
+        for size in sizes:
+            _positive_int("head", "sizes", size)
+        if sizes[0] != vit["num_classes"]:
+            raise ConfigError(
+                f"config head takes {sizes[0]} inputs but the ViT gives {vit['num_classes']} outputs "
+                "(vit.num_classes); they must match"
+            )
+        head.setdefault("activation", "relu")
+        if head["activation"] not in HEAD_ACTIVATIONS:
+            raise ConfigError(f"config head.activation must be one of {', '.join(HEAD_ACTIVATIONS)}")
+    layout = cfg.setdefault("patch_layout", CURRENT_LAYOUT)
+    if layout not in PATCH_LAYOUTS:
+        raise ConfigError(f"config patch_layout must be {CURRENT_LAYOUT!r} or {LEGACY_LAYOUT!r} (vit-pytorch <= 1.16.1), got {layout!r}")
+    names = cfg.get("class_names")
+    if names is not None:
+        classes = head["sizes"][-1] if head else vit["num_classes"]
+        if not isinstance(names, list) or len(names) != classes:
+            raise ConfigError(f"config class_names must list {classes} names, one per class")
+    cfg.setdefault("preprocessing", None)
+    return cfg
+
+
+def num_classes(cfg: Mapping) -> int:
+    return cfg["head"]["sizes"][-1] if cfg.get("head") else cfg["vit"]["num_classes"]
+
+
+def input_shape(cfg: Mapping) -> tuple[int, int, int]:
+    """The model input (frames, height, width)."""
+    h, w = pair(cfg["vit"]["image_size"])
+    return int(cfg["vit"]["frames"]), h, w

@@ -1,0 +1,94 @@
+"""MONAI's ViT (``monai.networks.nets.ViT``, classification mode) as the engine sees it.
+
+Token sequence ``[B, 1 + N, hidden]``: CLS first, then the patches of a strided Conv3d,
+flattened in ``(d h w)`` order, so the grid comes out in input-axis order. The model returns
+``(logits, hidden_states)``. MONAI is an optional dependency (``pip install monai``).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+from .geometry import TokenGeometry
+
+MONAI_VIT_MODULE = "monai.networks.nets.vit"
+REQUIRED = ("in_channels", "img_size", "patch_size", "hidden_size", "mlp_dim", "num_layers",
+            "num_heads", "num_classes")
+
+
+def is_monai_vit(module: nn.Module) -> bool:
+    return any(c.__module__ == MONAI_VIT_MODULE and c.__name__ == "ViT" for c in type(module).__mro__)
+
+
+class MonaiViT:
+    """Adapter for a model that is, or contains, a MONAI ViT with a classification head."""
+
+    architecture = "monai-vit"
+
+    def __init__(self, model: nn.Module, prefix: str, vit: nn.Module):
+        if not hasattr(vit, "cls_token") or not hasattr(vit, "classification_head"):
+            raise ModelError("this MONAI ViT was built without classification=True, so it has no class score to explain")
+        conv = vit.patch_embedding.patch_embeddings
+        if not isinstance(conv, nn.Conv3d):
+            raise ModelError("napari-g3dvit supports MONAI ViTs with proj_type='conv' (3D patches)")
+        self.model, self.prefix, self.vit = model, prefix, vit
+        shape = getattr(vit, "g3dvit_input_shape", None)
+        self.geometry = TokenGeometry(
+            patch_size=tuple(int(k) for k in conv.kernel_size),
+            num_patches=int(vit.patch_embedding.position_embeddings.shape[1]),
+            num_prefix=int(vit.cls_token.shape[1]),
+            channels=int(conv.in_channels),
+            input_shape=tuple(int(s) for s in shape) if shape is not None else None,
+        )
+
+    @property
+    def default_layer(self) -> str:
+        """The LayerNorm at the input of the last block's attention."""
+        return f"{self.prefix}blocks.{len(self.vit.blocks) - 1}.norm1"
+
+    @staticmethod
+    def logits(output) -> torch.Tensor:
+        return output[0] if isinstance(output, (tuple, list)) else output
+
+    def supports_cls_fast_path(self, hooked) -> bool:
+        return False
+
+
+def check_monai_section(section: Mapping | None) -> dict:
+    if not isinstance(section, Mapping):
+        raise ModelError("a monai-vit config needs a 'monai' object with the ViT's constructor arguments")
+    missing = [k for k in REQUIRED if k not in section]
+    if missing:
+        raise ModelError(f"the config's 'monai' section still needs: {', '.join(missing)}")
+    return dict(section)
+
+
+def build_monai(tensors: Mapping[str, torch.Tensor], config: dict, source: str) -> nn.Module:
+    """A ViTClassifier around a MONAI ViT holding ``tensors`` (strict)."""
+    try:
+        from monai.networks.nets import ViT
+    except ImportError as err:
+        raise ModelError("this checkpoint is a MONAI ViT; install MONAI first: pip install monai") from err
+    from .loading import ViTClassifier, _head_layers, _load_strict, _split_vit
+    from .preprocessing import Preprocessing
+
+    kwargs = check_monai_section(config.get("monai"))
+    kwargs["classification"] = True
+    vit_t, rest = _split_vit(tensors, "patch_embedding.position_embeddings", source)
+    if rest:
+        names = ", ".join(name for name, _, _ in _head_layers(rest, source))
+        raise ModelError(f"{source} holds tensors outside the MONAI ViT ({names}); heads after a MONAI ViT are not supported")
+    try:
+        vit = ViT(**kwargs)
+    except (TypeError, ValueError, AssertionError) as err:
+        raise ModelError(f"the config's 'monai' section does not make a MONAI ViT: {err}") from err
+    _load_strict(vit, vit_t, "MONAI ViT", source)
+    size = kwargs["img_size"]
+    vit.g3dvit_input_shape = tuple(size) if isinstance(size, (list, tuple)) else (size,) * 3
+    cfg = dict(config, head=None)
+    Preprocessing.from_config(cfg.get("preprocessing"))
+    return ViTClassifier(vit, None, cfg).eval()
