@@ -40,4 +40,4 @@ def test_demo_command_writes_nifti(tmp_path):
     assert volume.shape == heat.shape == (32, 32, 32)
     np.testing.assert_array_equal(volume.affine, heat.affine)
     data = np.asarray(heat.dataobj)
-    assert data.max() == pytest.approx(1.0) and data.min() >= 0
+    assert 0 < data.max() <= 1 and data.min() >= 0
