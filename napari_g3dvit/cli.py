@@ -1,4 +1,5 @@
-"""Command line: ``g3dvit demo`` explains a synthetic volume and writes NIfTI files."""
+"""Command line: ``g3dvit demo`` (explain a synthetic volume to NIfTI), ``g3dvit train NAME``
+(re-make a shipped sample model)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,14 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .evaluation.recipes import train_recipe
+
+    for name in args.names:
+        train_recipe(name, Path(args.out), device=args.device, epochs=args.epochs, progress=not args.quiet)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from .options import METHODS
 
@@ -51,6 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--threshold", type=float, default=5.0)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
+    from .evaluation.recipes import RECIPES
+
+    train = sub.add_parser("train", help="train a sample model (see napari_g3dvit/evaluation/recipes.py)")
+    train.add_argument("names", nargs="+", choices=sorted(RECIPES), metavar="NAME",
+                       help=f"one or more of: {', '.join(sorted(RECIPES))}")
+    train.add_argument("--out", default="sample_models", help="folder for the model files")
+    train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    train.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(run=_train)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -1,0 +1,139 @@
+"""The shipped sample models: their data, architecture and training, in one place.
+
+``g3dvit train NAME --out sample_models`` re-makes one; the files it writes are
+``NAME.safetensors`` (weights + config), ``NAME.json`` (the config, with the dataset settings,
+training settings and validation accuracy) and ``NAME_example.nii.gz`` (a held-out volume).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .synthetic import CubeTask, make_cubes
+
+
+def _vit(shape: tuple[int, int, int], patch: int, classes: int) -> dict:
+    return {"image_size": [shape[1], shape[2]], "image_patch_size": [patch, patch], "frames": shape[0],
+            "frame_patch_size": patch, "num_classes": classes, "dim": 64, "depth": 2, "heads": 4,
+            "dim_head": 16, "mlp_dim": 128, "channels": 1, "pool": "cls"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    kind: str  # "cube" or "brain"
+    task: CubeTask | None
+    patch: int
+    per_epoch: int
+    epochs: int
+    batch_size: int
+    lr: float
+    n_val: int = 200
+
+    def vit_config(self) -> dict:
+        if self.kind == "cube":
+            g = self.task.grid
+            return _vit((g, g, g), self.patch, self.task.num_classes)
+        from .brain import INPUT_SHAPE
+
+        return _vit(INPUT_SHAPE, self.patch, 2)
+
+    def class_names(self) -> list[str]:
+        if self.kind == "brain":
+            return ["typical ventricles", "enlarged ventricles"]
+        if self.task.task == "value":
+            return ["cube of -1", "cube of +1"]
+        cells = self.task.grid // self.task.cube
+        return [f"cell {z}-{y}-{x}" for z, y, x in np.ndindex(cells, cells, cells)]
+
+
+RECIPES = {
+    "cube_position": Recipe(
+        "cube_position", "an 8^3 cube at one of 125 aligned positions in a 40^3 grid; label = position",
+        "cube", CubeTask("position", grid=40, cube=8, aligned=True, noise=0.5), patch=5,
+        per_epoch=2000, epochs=12, batch_size=32, lr=2e-3),
+    "cube_value": Recipe(
+        "cube_value", "an 8^3 cube of -1 or +1 anywhere in a 40^3 grid; label = its sign",
+        "cube", CubeTask("value", grid=40, cube=8, aligned=False, noise=0.5), patch=5,
+        per_epoch=1000, epochs=8, batch_size=32, lr=1e-3),
+    "brain_ventricles": Recipe(
+        "brain_ventricles", "MNI152 T1 at 3 mm; class 1 has enlarged lateral ventricles",
+        "brain", None, patch=8, per_epoch=400, epochs=8, batch_size=16, lr=1e-3),
+}
+
+
+def recipe_data(recipe: Recipe):
+    """(training_data(epoch) -> (volumes, labels), validation (volumes, labels, masks), extra)."""
+    if recipe.kind == "cube":
+        val = make_cubes(recipe.task, recipe.n_val, seed=10_000)
+
+        def training(epoch: int):
+            s = make_cubes(recipe.task, recipe.per_epoch, seed=1 + epoch)
+            return s.volumes, s.labels
+
+        return training, (val.volumes, val.labels, val.masks), {"dataset": {"kind": "cube", **recipe.task.as_dict()}}
+    from .brain import make_brains, mni_anatomy
+
+    anatomy = mni_anatomy()
+    val = make_brains(anatomy, recipe.n_val, seed=10_000)
+
+    def training(epoch: int):
+        s = make_brains(anatomy, recipe.per_epoch, seed=1 + epoch)
+        return s.volumes, s.labels
+
+    return training, (val.volumes, val.labels, val.ventricles), {"dataset": {"kind": "brain", "voxel_mm": 3},
+                                                                  "anatomy": anatomy}
+
+
+def train_recipe(name: str, out: Path, device: str = "cpu", epochs: int | None = None,
+                 progress: bool = True, seed: int = 0) -> dict:
+    """Train recipe ``name`` and write its files into ``out``; returns the saved config."""
+    import json
+
+    import nibabel as nib
+    import torch
+
+    from ..models.loading import ViTClassifier, save_model
+    from .train import build_vit, train_classifier
+
+    recipe = RECIPES[name]
+    training, (val_x, val_y, val_masks), extra = recipe_data(recipe)
+    vit_config = recipe.vit_config()
+    torch.manual_seed(seed)
+    result = train_classifier(build_vit(vit_config), training, (val_x, val_y), epochs=epochs or recipe.epochs,
+                              batch_size=recipe.batch_size, lr=recipe.lr, device=device, seed=seed,
+                              progress=progress, desc=name, target_accuracy=0.99)
+    config = {
+        "architecture": "vit-pytorch-3d", "vit": vit_config, "head": None,
+        "preprocessing": {"normalize": "none"}, "class_names": recipe.class_names(),
+        "description": recipe.description, "dataset": extra["dataset"],
+        "training": {"epochs_run": len(result.history), "samples_per_epoch": recipe.per_epoch,
+                     "batch_size": recipe.batch_size, "lr": recipe.lr, "optimizer": "AdamW, one-cycle",
+                     "device": device, "seconds": round(result.seconds, 1), "seed": seed,
+                     "command": f"g3dvit train {name} --out {out}"},
+        "validation_accuracy": round(result.validation_accuracy, 4),
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = ViTClassifier(result.model, None, config)
+    save_model(model.vit, out / f"{name}.safetensors", config)
+    if recipe.kind == "cube":
+        affine = np.eye(4)
+        example = int(np.flatnonzero(val_y == val_y[0])[0])
+        nib.save(nib.Nifti1Image(val_x[example], affine), out / f"{name}_example.nii.gz")
+        nib.save(nib.Nifti1Image(val_masks[example].astype(np.uint8), affine), out / f"{name}_example_mask.nii.gz")
+    else:
+        anatomy = extra["anatomy"]
+        example = int(np.flatnonzero(val_y == 1)[0])
+        nib.save(nib.Nifti1Image(val_x[example], anatomy.affine), out / f"{name}_example.nii.gz")
+        nib.save(nib.Nifti1Image(anatomy.t1, anatomy.affine), out / "mni152_t1_3mm.nii.gz")
+        nib.save(nib.Nifti1Image(anatomy.brain.astype(np.uint8), anatomy.affine), out / "mni152_brain_mask_3mm.nii.gz")
+        nib.save(nib.Nifti1Image(val_masks[example].astype(np.uint8), anatomy.affine), out / f"{name}_example_mask.nii.gz")
+        nib.save(nib.Nifti1Image(anatomy.ventricles.astype(np.uint8), anatomy.affine), out / "mni152_ventricles_3mm.nii.gz")
+    print(json.dumps({"model": name, "validation_accuracy": config["validation_accuracy"],
+                      "epochs": len(result.history), "seconds": config["training"]["seconds"]}))
+    return config

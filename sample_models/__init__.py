@@ -1,0 +1,25 @@
+"""Small trained sample models and their volumes, installed as ``napari_g3dvit.sample_models``.
+
+Each model ``NAME`` has ``NAME.safetensors`` (weights, config inside), ``NAME.json`` (config
+with its dataset, training settings and validation accuracy) and ``NAME_example.nii.gz`` (a
+held-out volume) with ``NAME_example_mask.nii.gz`` (its ground truth). The brain demo also has
+the anatomy it was trained on: ``mni152_t1_3mm.nii.gz``, ``mni152_brain_mask_3mm.nii.gz`` and
+``mni152_ventricles_3mm.nii.gz``. Re-make any model with ``g3dvit train NAME``.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+#: The shipped models, in the order the napari sample menu lists them.
+SAMPLE_MODELS = ("brain_ventricles", "cube_position", "cube_value")
+
+
+def sample_path(filename: str) -> Path:
+    """Path of a file shipped in this folder; FileNotFoundError names what exists."""
+    path = Path(str(files(__name__).joinpath(filename)))
+    if not path.is_file():
+        present = sorted(p.name for p in path.parent.iterdir() if not p.name.startswith("_"))
+        raise FileNotFoundError(f"no sample file {filename!r}; shipped: {', '.join(present)}")
+    return path
