@@ -31,13 +31,14 @@ except Exception:  # pragma: no cover - running from a source tree without metad
 _LAZY = {
     "explain": ".api",
     "token_layers": ".api",
+    "describe_model": ".api",
     "Explanation": ".explanation",
     "load_model": ".models.loading",
     "save_model": ".models.loading",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import explain, token_layers
+    from .api import describe_model, explain, token_layers
     from .explanation import Explanation
     from .models.loading import load_model, save_model
 

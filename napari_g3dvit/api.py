@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -100,7 +101,51 @@ def token_layers(model: nn.Module, device: str | torch.device | None = "cpu") ->
     adapter = find_adapter(model)
     dev = resolve_device(device)
     with prepared_model(model, dev):
-        return probe_token_layers(model, adapter, dev)
+        return probe_token_layers(model, adapter, dev)[0]
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """What a person choosing settings needs to know about a model."""
+
+    architecture: str
+    input_shape: tuple[int, int, int] | None
+    patch_size: tuple[int, int, int]
+    class_names: tuple[str, ...]
+    parameters: int
+    default_layer: str
+    layers: tuple[str, ...]
+
+    def line(self, device: str) -> str:
+        size = "x".join(map(str, self.input_shape)) if self.input_shape else "any multiple of the patch"
+        return (f"{self.architecture}, input {size}, {len(self.class_names)} classes, "
+                f"{self.parameters / 1e6:.2f} M parameters, {device}")
+
+
+def describe_model(model: nn.Module) -> ModelSummary:
+    """Architecture, input size, class names, size and hookable layers (one probe on the CPU)."""
+    adapter = find_adapter(model)
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    with prepared_model(model, dev):
+        layers, classes = probe_token_layers(model, adapter, dev)
+    names = (getattr(model, "g3dvit_config", None) or {}).get("class_names") or []
+    if len(names) != classes:
+        names = [f"class {i}" for i in range(classes)]
+    return ModelSummary(
+        architecture=adapter.architecture,
+        input_shape=adapter.geometry.input_shape,
+        patch_size=adapter.geometry.patch_size,
+        class_names=tuple(names),
+        parameters=sum(p.numel() for p in model.parameters()),
+        default_layer=adapter.default_layer,
+        layers=tuple(name for name, _ in layers),
+    )
+
+
+def available_devices() -> list[str]:
+    """Devices that exist on this machine, the default first."""
+    devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return devices + ["cpu"]
 
 
 def explain(

@@ -1,4 +1,5 @@
-"""Command line: ``g3dvit demo`` (explain a synthetic volume to NIfTI), ``g3dvit train NAME``
+"""Command line: ``g3dvit napari`` (napari with a sample, its model and the widget),
+``g3dvit demo`` (explain a synthetic volume to NIfTI, headless), ``g3dvit train NAME``
 (re-make a shipped sample model)."""
 
 from __future__ import annotations
@@ -39,6 +40,53 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def open_sample_viewer(sample: str, explain: bool = False, show: bool = True):
+    """A napari viewer in 3D with ``sample`` opened and the explain widget docked, model loaded.
+
+    Returns (viewer, widget). With ``explain`` it also runs the explanation and waits for it.
+    """
+    import napari
+
+    from ._widget import ExplainWidget
+
+    viewer = napari.Viewer(title="napari-g3dvit", show=show)
+    viewer.open_sample("napari-g3dvit", sample)
+    widget = ExplainWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Explain 3D ViT", area="right")
+    image = next(layer for layer in viewer.layers if layer.metadata.get("g3dvit_model"))
+    widget.volume.value = image  # offers (and loads) the sample's model
+    viewer.dims.ndisplay = 3
+    viewer.camera.angles = (0, -60, 60) if sample.startswith("brain") else (10, -30, 60)
+    if explain and widget.run() is not None:
+        import time
+
+        from qtpy.QtWidgets import QApplication
+
+        while widget._worker is not None:
+            QApplication.processEvents()
+            time.sleep(0.02)
+    return viewer, widget
+
+
+def _napari(args: argparse.Namespace) -> int:
+    import napari
+
+    viewer, widget = open_sample_viewer(args.sample, explain=args.explain or bool(args.screenshot))
+    if widget.last_error:
+        print(f"error: {widget.last_error}", file=sys.stderr)
+    if args.screenshot:
+        for layer in viewer.layers:
+            if layer.name in ("brain mask",):
+                layer.visible = False
+        Path(args.screenshot).parent.mkdir(parents=True, exist_ok=True)
+        viewer.window.screenshot(args.screenshot, canvas_only=False, flash=False)
+        print(f"{widget.result.value}\nwrote {args.screenshot}")
+        viewer.close()
+        return 0 if not widget.last_error else 1
+    napari.run()
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from .evaluation.recipes import train_recipe
 
@@ -52,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="g3dvit", description="Class-activation maps for 3D ViTs.")
     sub = parser.add_subparsers(dest="command", required=True)
+    from .sample_models import SAMPLE_MODELS
+
+    viewer = sub.add_parser("napari", help="open napari with a sample volume, its model and the widget")
+    viewer.add_argument("--sample", default=SAMPLE_MODELS[0], choices=SAMPLE_MODELS)
+    viewer.add_argument("--explain", action="store_true", help="run the explanation at once")
+    viewer.add_argument("--screenshot", metavar="PNG", help="explain, save a screenshot of the window, exit")
+    viewer.set_defaults(run=_napari)
     demo = sub.add_parser("demo", help="explain a synthetic volume with a small ViT, write NIfTI")
     demo.add_argument("--out", default="out/demo", help="folder for volume.nii.gz and heatmap.nii.gz")
     # An untrained ViT's LayerNorms still have the identity affine, which makes g3dvit maps

@@ -55,14 +55,14 @@ RECIPES = {
     "cube_position": Recipe(
         "cube_position", "an 8^3 cube at one of 125 aligned positions in a 40^3 grid; label = position",
         "cube", CubeTask("position", grid=40, cube=8, aligned=True, noise=0.5), patch=5,
-        per_epoch=2000, epochs=12, batch_size=32, lr=2e-3),
+        per_epoch=1600, epochs=20, batch_size=16, lr=3e-4),
     "cube_value": Recipe(
         "cube_value", "an 8^3 cube of -1 or +1 anywhere in a 40^3 grid; label = its sign",
-        "cube", CubeTask("value", grid=40, cube=8, aligned=False, noise=0.5), patch=5,
-        per_epoch=1000, epochs=8, batch_size=32, lr=1e-3),
+        "cube", CubeTask("value", grid=40, cube=8, aligned=False, noise=0.0), patch=5,
+        per_epoch=1000, epochs=20, batch_size=16, lr=3e-4),
     "brain_ventricles": Recipe(
         "brain_ventricles", "MNI152 T1 at 3 mm; class 1 has enlarged lateral ventricles",
-        "brain", None, patch=8, per_epoch=400, epochs=8, batch_size=16, lr=1e-3),
+        "brain", None, patch=8, per_epoch=400, epochs=12, batch_size=16, lr=3e-4),
 }
 
 

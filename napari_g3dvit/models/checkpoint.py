@@ -52,12 +52,22 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 
 
 def _refusal(path: Path, err: Exception) -> CheckpointError:
+    found = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line), "")
     return CheckpointError(
         f"{path} holds pickled Python objects, not only tensors (for example a whole model saved "
         "with torch.save(model)); unpickling them could run code, so it was refused. Convert it "
         "once where you trust the file: torch.save(torch.load(path, weights_only=False)"
         ".state_dict(), 'weights.pth'), or pass trust_pickle=True if you trust its source. "
-        f"(torch said: {str(err).splitlines()[0][:200]})"
+        f"(torch: {found[:200]})"
+    )
+
+
+def _unreadable(path: Path, err: Exception) -> CheckpointError:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    detail = next((line for line in lines if "Unsupported operand" in line), lines[0] if lines else "")
+    return CheckpointError(
+        f"{path} cannot be read as a PyTorch checkpoint; it may be truncated or corrupt, or not a "
+        f"checkpoint at all ({detail[:200]})"
     )
 
 
@@ -65,13 +75,12 @@ def _read_torch(path: Path, trust_pickle: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if "GLOBAL" not in str(err):  # not an object the safe unpickler refused: broken bytes
+            raise _unreadable(path, err) from err
         if not trust_pickle:
             raise _refusal(path, err) from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        raise CheckpointError(
-            f"{path} cannot be read as a PyTorch checkpoint; it may be truncated or corrupt "
-            f"({str(err).splitlines()[0][:200]})"
-        ) from err
+        raise _unreadable(path, err) from err
     warnings.warn(
         f"unpickling {path} with trust_pickle=True: this runs any code the file holds",
         UserWarning,

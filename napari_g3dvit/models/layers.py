@@ -38,10 +38,11 @@ def is_token_sequence(output: object, batch: int, num_tokens: int, num_patches: 
     )
 
 
-def probe_token_layers(model: nn.Module, adapter, device: torch.device) -> list[tuple[str, tuple[int, int]]]:
+def probe_token_layers(model: nn.Module, adapter, device: torch.device) -> tuple[list[tuple[str, tuple[int, int]]], int]:
     """Run one input through ``model`` and list the layers whose output is a token sequence.
 
-    Returns ``[(dotted_name, (tokens, channels)), ...]`` in the order the layers run.
+    Returns ``([(dotted_name, (tokens, channels)), ...], number of classes)``, the layers in the
+    order they run.
     """
     geometry = adapter.geometry
     seen: dict[str, tuple[int, int]] = {}
@@ -62,8 +63,8 @@ def probe_token_layers(model: nn.Module, adapter, device: torch.device) -> list[
     probe = torch.zeros((1, geometry.channels, *geometry.probe_shape()), device=device)
     try:
         with torch.inference_mode():
-            model(probe)
+            logits = adapter.logits(model(probe))
     finally:
         for handle in handles:
             handle.remove()
-    return list(seen.items())
+    return list(seen.items()), int(logits.shape[-1]) if logits.ndim > 1 else 1

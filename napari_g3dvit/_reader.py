@@ -1,0 +1,18 @@
+"""npe2 reader: NIfTI (.nii, .nii.gz), 3D or 4D, in the scanner's world coordinates."""
+
+from __future__ import annotations
+
+from .volumes import is_nifti_path, read_nifti
+
+
+def napari_get_reader(path):
+    """The reader for a NIfTI path (or a list of them), else None."""
+    paths = path if isinstance(path, list) else [path]
+    if not paths or not all(is_nifti_path(p) for p in paths):
+        return None
+    return read_nifti_layers
+
+
+def read_nifti_layers(path):
+    paths = path if isinstance(path, list) else [path]
+    return [read_nifti(p) for p in paths]

@@ -1,0 +1,44 @@
+"""npe2 sample data: each shipped sample volume with its model (and masks as Labels)."""
+
+from __future__ import annotations
+
+from .sample_models import sample_path
+from .volumes import read_nifti
+
+#: metadata key naming the sample model a volume goes with; the widget offers it.
+MODEL_KEY = "g3dvit_model"
+
+
+def _labels(filename: str, name: str, color_index: int = 1):
+    data, kwargs, _ = read_nifti(sample_path(filename))
+    kwargs.pop("rendering", None)
+    kwargs.update(name=name, opacity=0.5)
+    return data.astype("uint8"), kwargs, "labels"
+
+
+def _volume(model: str, name: str):
+    data, kwargs, _ = read_nifti(sample_path(f"{model}_example.nii.gz"))
+    kwargs["name"] = name
+    kwargs["metadata"][MODEL_KEY] = str(sample_path(f"{model}.safetensors"))
+    kwargs["colormap"] = "gray"
+    return data, kwargs, "image"
+
+
+def brain_ventricles():
+    """An MNI152 T1 (3 mm) with enlarged ventricles, its brain mask and ventricle mask."""
+    return [
+        _volume("brain_ventricles", "brain (enlarged ventricles)"),
+        _labels("mni152_brain_mask_3mm.nii.gz", "brain mask"),
+        _labels("brain_ventricles_example_mask.nii.gz", "ventricles"),
+    ]
+
+
+def cube_position():
+    """A 40^3 volume with an 8^3 cube at one of 125 positions, and the cube as Labels."""
+    return [_volume("cube_position", "cube (position task)"),
+            _labels("cube_position_example_mask.nii.gz", "cube")]
+
+
+def cube_value():
+    """A 40^3 volume with an 8^3 cube of +1 or -1, and the cube as Labels."""
+    return [_volume("cube_value", "cube (value task)"), _labels("cube_value_example_mask.nii.gz", "cube")]

@@ -1,0 +1,143 @@
+"""NIfTI files <-> napari layer data, keeping the scanner's world coordinates.
+
+Reading: the array is reoriented to the closest canonical (RAS+) orientation and shown with a
+diagonal scale (voxel sizes, mm) and translate (the canonical origin, mm), so every layer read
+this way shares world coordinates. A 4D file gets time on axis 0. The original affine, the
+orientation and header facts go to ``metadata["nifti"]``, which is all a writer needs to put
+the array back exactly as it was. An oblique affine (rotation beyond a permutation and flips)
+cannot be shown exactly by napari's axis-aligned slicing: it is displayed axis-aligned and
+logged once; the exact affine stays in the metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("napari_g3dvit")
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+METADATA_KEY = "nifti"
+#: Integer volumes with at most this many distinct values open as Labels (atlases, annotations).
+MAX_LABEL_VALUES = 256
+_warned_oblique: set[str] = set()
+
+
+class NiftiError(ValueError):
+    """A file that is not a readable NIfTI volume."""
+
+
+def is_nifti_path(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def _obliquity_degrees(affine: np.ndarray) -> float:
+    """Largest angle between a voxel axis and its nearest world axis."""
+    axes = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    return float(np.degrees(np.arccos(np.clip(np.abs(axes).max(axis=0), -1, 1))).max())
+
+
+def _is_labels(data: np.ndarray, header) -> bool:
+    intent = header.get_intent()[0] if hasattr(header, "get_intent") else ""
+    if intent == "label":
+        return True
+    if data.ndim != 3 or data.dtype.kind not in "iub":
+        return False
+    return len(np.unique(data)) <= MAX_LABEL_VALUES
+
+
+def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any], str]:
+    """One napari layer data tuple ``(data, kwargs, "image" | "labels")`` for a NIfTI file."""
+    import nibabel as nib
+
+    path = Path(path)
+    try:
+        image = nib.load(str(path))
+        if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+            raise NiftiError(f"{path.name} is a {type(image).__name__}, not a NIfTI volume")
+        canonical = nib.as_closest_canonical(image)
+        data = np.asanyarray(canonical.dataobj)
+    except NiftiError:
+        raise
+    except Exception as err:  # nibabel raises many types for broken files
+        raise NiftiError(f"{path} is not a readable NIfTI file ({err})") from err
+    if data.ndim == 5 and data.shape[3] == 1:  # some tools write (x, y, z, 1, t)
+        data = data[:, :, :, 0]
+    if data.ndim not in (3, 4):
+        raise NiftiError(f"{path.name} has {data.ndim} dimensions {data.shape}; napari-g3dvit reads 3D volumes and 4D series")
+    affine = canonical.affine
+    voxel = np.linalg.norm(affine[:3, :3], axis=0)
+    degrees = _obliquity_degrees(affine)
+    header = image.header
+    zooms = [float(z) for z in header.get_zooms()]
+    facts = {
+        "path": str(path),
+        "affine": image.affine.tolist(),
+        "canonical_affine": affine.tolist(),
+        "orientation": "".join(nib.aff2axcodes(image.affine)),
+        "shape": list(image.shape),
+        "zooms": zooms,
+        "units": list(header.get_xyzt_units()),
+        "dtype": str(header.get_data_dtype()),
+        "oblique_degrees": round(degrees, 3),
+        "time_axis": 0 if data.ndim == 4 else None,
+        "tr": zooms[3] if data.ndim == 4 and len(zooms) > 3 else None,
+        "description": header["descrip"].tobytes().rstrip(b"\0").decode("latin-1", "replace") if "descrip" in header else "",
+    }
+    if degrees > 1e-3 and str(path) not in _warned_oblique:
+        _warned_oblique.add(str(path))
+        log.warning("%s has an oblique affine (%.1f degrees off the axes); it is shown axis-aligned, "
+                    "and the exact affine is kept in the layer's metadata", path.name, degrees)
+    scale, translate = list(voxel), list(affine[:3, 3])
+    if data.ndim == 4:
+        data = np.moveaxis(data, -1, 0)
+        scale, translate = [1.0] + scale, [0.0] + translate
+    name = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
+    kind = "labels" if _is_labels(data, header) else "image"
+    kwargs = {"name": name, "scale": scale, "translate": translate, "metadata": {METADATA_KEY: facts}}
+    if kind == "image" and data.ndim == 3:
+        kwargs["rendering"] = "mip"
+    return data, kwargs, kind
+
+
+def nifti_from_layer(data: np.ndarray, metadata: dict | None, scale=None, translate=None):
+    """A ``Nifti1Image`` of layer data, in the orientation and affine of its source file.
+
+    Without source metadata the affine is built from the layer's scale and translate.
+    """
+    import nibabel as nib
+    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+    data = np.asarray(data)
+    facts = (metadata or {}).get(METADATA_KEY)
+    if facts is None:
+        spatial = slice(-3, None)
+        affine = np.eye(4)
+        if scale is not None:
+            affine[:3, :3] = np.diag(np.asarray(scale, dtype=float)[spatial])
+        if translate is not None:
+            affine[:3, 3] = np.asarray(translate, dtype=float)[spatial]
+        out = np.moveaxis(data, 0, -1) if data.ndim == 4 else data
+        return nib.Nifti1Image(out, affine)
+    original = np.asarray(facts["affine"], dtype=float)
+    if data.ndim == 4:
+        data = np.moveaxis(data, 0, -1)
+    back = ornt_transform(axcodes2ornt("RAS"), io_orientation(original))
+    restored = apply_orientation(data, back)
+    return nib.Nifti1Image(restored, original)
+
+
+def write_nifti(path: str | os.PathLike, data: np.ndarray, metadata: dict | None = None,
+                scale=None, translate=None) -> str:
+    """Write layer data to ``path`` (.nii or .nii.gz); returns the path written."""
+    import nibabel as nib
+
+    path = str(path)
+    if not is_nifti_path(path):
+        raise NiftiError(f"{Path(path).name}: napari-g3dvit writes .nii or .nii.gz files")
+    nib.save(nifti_from_layer(data, metadata, scale, translate), path)
+    return path
