@@ -20,7 +20,7 @@ def _volume(model: str, name: str):
     data, kwargs, _ = read_nifti(sample_path(f"{model}_example.nii.gz"))
     kwargs["name"] = name
     kwargs["metadata"][MODEL_KEY] = str(sample_path(f"{model}.safetensors"))
-    kwargs["colormap"] = "gray"
+    kwargs.update(colormap="gray", rendering="attenuated_mip", attenuation=0.5)
     return data, kwargs, "image"
 
 

@@ -104,10 +104,22 @@ class ExplainWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.region_button.changed.connect(self.show_regions)
         self.export_button.changed.connect(self.export_regions)
+        for label in (self.summary, self.result):
+            label.native.setWordWrap(True)
+            label.native.setMinimumHeight(2 * label.native.fontMetrics().height() + 4)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self.reset_choices)
         self.reset_choices()
         self._on_volume_changed(self.volume.value)
+
+    def reset_choices(self, *_args) -> None:
+        """Refresh the layer dropdowns (napari calls this on every layer-list change).
+
+        Only those two: the other dropdowns hold model-dependent choices that a layer event
+        must not wipe.
+        """
+        self.volume.reset_choices()
+        self.regions.reset_choices()
 
     # -- choices that follow the viewer ---------------------------------------------------------
 

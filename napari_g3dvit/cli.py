@@ -13,9 +13,8 @@ def _demo(args: argparse.Namespace) -> int:
     import nibabel as nib
     import numpy as np
     import torch
-    from vit_pytorch.vit_3d import ViT
-
     import napari_g3dvit as g3d
+    from napari_g3dvit.models.vit_pytorch3d import import_vit3d
 
     rng = np.random.default_rng(args.seed)
     volume = rng.normal(0.0, 0.2, size=(32, 32, 32)).astype(np.float32)
@@ -23,7 +22,7 @@ def _demo(args: argparse.Namespace) -> int:
     sl = tuple(slice(c, c + 8) for c in corner)
     volume[sl] += 1.0
     torch.manual_seed(args.seed)
-    model = ViT(image_size=32, image_patch_size=4, frames=32, frame_patch_size=4, num_classes=2,
+    model = import_vit3d().ViT(image_size=32, image_patch_size=4, frames=32, frame_patch_size=4, num_classes=2,
                 dim=64, depth=2, heads=4, mlp_dim=128, channels=1, dim_head=16).eval()
     exp = g3d.explain(model, volume, method=args.method, threshold=args.threshold)
 
@@ -75,6 +74,7 @@ def _napari(args: argparse.Namespace) -> int:
     if widget.last_error:
         print(f"error: {widget.last_error}", file=sys.stderr)
     if args.screenshot:
+        viewer.window.resize(1500, 900)
         for layer in viewer.layers:
             if layer.name in ("brain mask",):
                 layer.visible = False

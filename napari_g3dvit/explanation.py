@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,7 +29,6 @@ class Explanation:
     threshold: float | None
     upsample: str
     device: str = "cpu"
-    extra: dict = field(default_factory=dict)
 
     @property
     def predicted(self) -> int | np.ndarray:

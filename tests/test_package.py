@@ -41,3 +41,23 @@ def test_demo_command_writes_nifti(tmp_path):
     np.testing.assert_array_equal(volume.affine, heat.affine)
     data = np.asarray(heat.dataobj)
     assert 0 < data.max() <= 1 and data.min() >= 0
+
+
+def test_loading_a_model_after_napari_opened_its_canvas(tmp_path):
+    """In napari the OpenGL canvas exists before the plugin first imports vit-pytorch (and,
+    through torchvision, triton); under Mesa that order used to crash the interpreter."""
+    pytest.importorskip("napari")
+    code = f"""
+import napari, torch
+viewer = napari.Viewer(show=True)
+import napari_g3dvit as g3d
+from napari_g3dvit.models.vit_pytorch3d import import_vit3d
+vit = import_vit3d().ViT(image_size=8, image_patch_size=4, frames=8, frame_patch_size=4, num_classes=2,
+                         dim=16, depth=1, heads=2, mlp_dim=32, channels=1, dim_head=8)
+exp = g3d.explain(vit, torch.randn(8, 8, 8), method="gradcam")
+viewer.close()
+print("ok", exp.heatmap.shape)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ok (8, 8, 8)" in out.stdout

@@ -73,6 +73,16 @@ def test_run_adds_a_heatmap_in_the_anatomys_space(qtbot, scene):
     assert "(p = " in widget.result.value
 
 
+def test_layer_events_keep_the_model_choices(scene):
+    viewer, widget, _ = scene
+    viewer.add_image(np.zeros(TINY_SHAPE), name="another")
+    viewer.layers.move(0, 1)
+    assert widget.hook_layer.value == "vit.transformer.layers.1.0.norm"
+    assert list(widget.target.choices)[1:] == ["left", "middle", "right"]
+    assert "another" in [name for name, _ in widget._image_layers()]
+    assert widget.volume.value is viewer.layers["anatomy"]
+
+
 def test_same_settings_update_the_layer(qtbot, scene):
     viewer, widget, _ = scene
     run_and_wait(qtbot, widget)

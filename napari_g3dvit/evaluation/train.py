@@ -22,10 +22,10 @@ class TrainResult:
 
 
 def build_vit(vit_config: dict) -> nn.Module:
-    from vit_pytorch.vit_3d import ViT
+    from ..models.vit_pytorch3d import import_vit3d
 
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in vit_config.items()}
-    return ViT(**kwargs)
+    return import_vit3d().ViT(**kwargs)
 
 
 def accuracy(model: nn.Module, volumes: np.ndarray, labels: np.ndarray, device: torch.device,

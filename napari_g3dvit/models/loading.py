@@ -264,9 +264,9 @@ def build_from_tensors(tensors: Mapping[str, torch.Tensor], config: dict | None,
     cfg = validate(given)
     if cfg["patch_layout"] == LEGACY_LAYOUT:
         vit_t = _legacy_patch_order(vit_t, cfg)
-    from vit_pytorch.vit_3d import ViT
+    from .vit_pytorch3d import import_vit3d
 
-    vit = ViT(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["vit"].items()})
+    vit = import_vit3d().ViT(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["vit"].items()})
     _load_strict(vit, vit_t, "vit-pytorch 3D ViT", source)
     vit.g3dvit_input_shape = input_shape(cfg)
     head = _build_head(cfg["head"])
@@ -318,6 +318,12 @@ def validate_partial(config: Mapping) -> dict:
     return cfg
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_model(module: nn.Module, path: str | os.PathLike, config: Mapping) -> Path:
     """Write ``module``'s weights to ``path`` (.safetensors) and its config to ``<name>.json``.
 
@@ -345,6 +351,7 @@ def save_model(module: nn.Module, path: str | os.PathLike, config: Mapping) -> P
         os.close(fd)
         try:
             write(tmp)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):

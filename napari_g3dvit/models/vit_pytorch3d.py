@@ -8,6 +8,8 @@ built with it has already imported it.
 
 from __future__ import annotations
 
+import logging
+import sys
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -19,6 +21,33 @@ from ..errors import ModelError
 from .geometry import TokenGeometry
 
 VIT3D_MODULE = "vit_pytorch.vit_3d"
+log = logging.getLogger("napari_g3dvit")
+
+
+def _llvm_in_process() -> bool:
+    """Whether an LLVM library is mapped into this process (Mesa's llvmpipe OpenGL, say)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return any("libLLVM" in line for line in maps)
+    except OSError:  # not Linux
+        return False
+
+
+def import_vit3d():
+    """``vit_pytorch.vit_3d``, imported so that it cannot crash a running napari.
+
+    vit-pytorch imports torchvision, which imports torch._dynamo, which imports triton when it
+    is installed (CUDA builds of torch). Triton carries its own LLVM; loaded into a process
+    where Mesa's software OpenGL (napari's canvas under Xvfb or without a GPU driver) already
+    mapped libLLVM, it crashes the interpreter. napari-g3dvit never compiles kernels, so in
+    that case triton is marked unavailable before the import, exactly as if it were absent.
+    """
+    if "vit_pytorch.vit_3d" not in sys.modules and "triton" not in sys.modules and _llvm_in_process():
+        sys.modules["triton"] = None
+        log.info("an LLVM library (Mesa OpenGL) is loaded: triton is left out to avoid its LLVM clash")
+    import vit_pytorch.vit_3d as vit_3d
+
+    return vit_3d
 
 
 def _defined_in_vit3d(obj: object) -> bool:
