@@ -199,12 +199,16 @@ class ExplainWidget(Container):
                 "target": target, "threshold": float(self.threshold.value), "upsample": self.upsample.value,
                 "device": self.device.value}
 
+    def _current_timepoint(self, layer) -> int:
+        """Index along ``layer``'s first (time) axis at the viewer's current position."""
+        index = layer.world_to_data(self._viewer.dims.point)[0]
+        return int(min(max(round(float(index)), 0), layer.data.shape[0] - 1))
+
     def _volume_array(self, layer) -> tuple[np.ndarray, int | None]:
         """The volume to explain as (D, H, W) or (T, D, H, W), and the timepoint if one was taken."""
         data = np.asarray(layer.data)
         if data.ndim == 4 and self.timepoints.value == CURRENT:
-            t = int(self._viewer.dims.current_step[0]) if self._viewer.dims.ndim >= 4 else 0
-            t = min(max(t, 0), data.shape[0] - 1)
+            t = self._current_timepoint(layer)
             return data[t], t
         return data, None
 
@@ -236,12 +240,12 @@ class ExplainWidget(Container):
                 yield 0, 1
                 exp = g3d.explain(model, volume, **settings)
                 yield 1, 1
-                return exp, None
+                return [exp]
             parts = []
             for start in range(0, volume.shape[0], CHUNK):
                 parts.append(g3d.explain(model, volume[start : start + CHUNK], **settings))
                 yield min(start + CHUNK, volume.shape[0]), volume.shape[0]
-            return parts[0], parts
+            return parts
 
         worker = work()
         worker.yielded.connect(self._on_progress)
@@ -276,24 +280,23 @@ class ExplainWidget(Container):
 
     # -- the result layer --------------------------------------------------------------------------
 
-    def _on_result(self, anatomy, result, settings: dict, timepoint: int | None) -> None:
-        exp, parts = result
-        if parts is not None:  # a series: join the chunks
-            heat = np.concatenate([p.heatmap for p in parts])
-            tokens = np.concatenate([p.token_map for p in parts])
-            probs = np.concatenate([p.probabilities for p in parts])
-            target = np.concatenate([np.atleast_1d(p.target) for p in parts])
-        else:
-            heat, tokens, probs, target = exp.heatmap, exp.token_map, exp.probabilities, exp.target
+    def _on_result(self, anatomy, parts: list, settings: dict, timepoint: int | None) -> None:
+        """Add (or update) the heatmap layer from the explanations of one run (chunks of a series)."""
+        exp, series = parts[0], parts[0].heatmap.ndim == 4
+        heat = np.concatenate([p.heatmap for p in parts]) if series else exp.heatmap
+        tokens = np.concatenate([p.token_map for p in parts]) if series else exp.token_map
+        probs = np.concatenate([p.probabilities for p in parts]) if series else exp.probabilities
+        target = np.concatenate([p.target for p in parts]) if series else exp.target
         names = self._summary.class_names
         kept = tokens[tokens > 0]
         low = float(kept.min()) if kept.size and settings["threshold"] < 100 else 0.0
-        ndim = anatomy.ndim if heat.ndim == anatomy.ndim else heat.ndim
+        limits = (low, 1.0) if low < 1.0 else (0.0, 1.0)
+        ndim = heat.ndim  # a 3D map of one timepoint takes the spatial part of a 4D transform
         transform = {key: np.asarray(getattr(anatomy, key))[-ndim:] for key in ("scale", "translate")}
         transform["affine"] = np.asarray(anatomy.affine.affine_matrix)[-ndim - 1 :, -ndim - 1 :]
         record = {
             "volume": anatomy.name, "model": str(self.model_path), **settings, "layer": exp.layer,
-            "series": parts is not None, "timepoint": timepoint,
+            "series": series, "timepoint": timepoint,
             "explained_class": np.atleast_1d(target).tolist(),
             "explained_class_name": [names[int(t)] for t in np.atleast_1d(target)],
             "probabilities": np.asarray(probs).tolist(),
@@ -309,17 +312,15 @@ class ExplainWidget(Container):
             out = same[0]
             out.data = heat
             out.metadata = metadata
-            out.contrast_limits = (low, 1.0) if low < 1.0 else (0.0, 1.0)
+            out.contrast_limits = limits
         else:
-            out = self._viewer.add_image(
-                heat, name=name, colormap=heat_colormap(), blending="additive", rendering="mip",
-                contrast_limits=(low, 1.0) if low < 1.0 else (0.0, 1.0), metadata=metadata, **transform)
+            out = self._viewer.add_image(heat, name=name, colormap=heat_colormap(), blending="additive",
+                                         rendering="mip", contrast_limits=limits, metadata=metadata, **transform)
         self.last_layer = out
-        if timepoint is not None or np.ndim(target) == 0 or len(np.atleast_1d(target)) == 1:
-            t, p = int(np.atleast_1d(target)[0]), np.atleast_2d(probs)[0]
-            self.result.value = f"{names[t]} (p = {p[t]:.2f}), heatmap in '{out.name}'"
+        if series:
+            self.result.value = f"{len(target)} timepoints explained, heatmap in '{out.name}'"
         else:
-            self.result.value = f"{len(np.atleast_1d(target))} timepoints explained, heatmap in '{out.name}'"
+            self.result.value = f"{names[int(target)]} (p = {probs[int(target)]:.2f}), heatmap in '{out.name}'"
         self.last_error = ""
 
     @staticmethod
@@ -341,8 +342,7 @@ class ExplainWidget(Container):
             return []
         heat = np.asarray(self.last_layer.data)
         if heat.ndim == 4:
-            t = int(self._viewer.dims.current_step[0]) if self._viewer.dims.ndim >= 4 else 0
-            heat = heat[min(t, heat.shape[0] - 1)]
+            heat = heat[self._current_timepoint(self.last_layer)]
         try:
             rows = region_table(heat, np.asarray(labels.data))
         except ValueError as err:

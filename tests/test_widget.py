@@ -116,10 +116,11 @@ def test_cancel_leaves_no_layer(qtbot, scene):
 def test_series_current_and_all_timepoints(qtbot, scene):
     viewer, widget, _ = scene
     torch.manual_seed(1)
-    series = viewer.add_image(torch.randn(6, *TINY_SHAPE).numpy(), name="series", scale=(1, 2, 1.5, 1))
+    series = viewer.add_image(torch.randn(6, *TINY_SHAPE).numpy(), name="series", scale=(2.5, 2, 1.5, 1),
+                              translate=(10, 0, 0, 0))  # time in seconds from 10 s, TR 2.5 s
     widget.volume.value = series
     assert not widget.timepoints.native.isHidden()  # shown for a 4D layer
-    viewer.dims.set_current_step(0, 4)
+    viewer.dims.set_point(0, 20.0)  # 20 s is timepoint 4
     run_and_wait(qtbot, widget)
     current = widget.last_layer
     assert current.data.shape == TINY_SHAPE and current.metadata[RESULT_KEY]["timepoint"] == 4

@@ -58,7 +58,7 @@ RECIPES = {
     "cube_position": Recipe(
         "cube_position", "an 8^3 cube at one of 125 aligned positions in a 40^3 grid; label = position",
         "cube", CubeTask("position", grid=40, cube=8, aligned=True, noise=0.5), patch=5,
-        per_epoch=1600, epochs=20, batch_size=16, lr=3e-4),
+        per_epoch=800, epochs=40, batch_size=16, lr=5e-4),
     "cube_value": Recipe(
         "cube_value", "an 8^3 cube of -1 or +1 anywhere in a 40^3 grid; label = its sign",
         "cube", CubeTask("value", grid=40, cube=8, aligned=False, noise=0.0), patch=5,
