@@ -104,9 +104,13 @@ class ExplainWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.region_button.changed.connect(self.show_regions)
         self.export_button.changed.connect(self.export_regions)
-        for label in (self.summary, self.result):
-            label.native.setWordWrap(True)
-            label.native.setMinimumHeight(2 * label.native.fontMetrics().height() + 4)
+        from qtpy.QtWidgets import QSizePolicy
+
+        self.summary.native.setWordWrap(True)  # the one long line; the others stay short
+        self.summary.native.setMinimumHeight(2 * self.summary.native.fontMetrics().height() + 4)
+        for label in (self.summary, self.result):  # as wide as the column, whatever text came first
+            label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+            label.native.setMinimumWidth(240)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self.reset_choices)
         self.reset_choices()
@@ -181,6 +185,11 @@ class ExplainWidget(Container):
         self.hook_layer.value = summary.default_layer
         self.target.choices = [PREDICTED, *summary.class_names]
         self.target.value = PREDICTED
+        recommended = (getattr(model, "g3dvit_config", None) or {}).get("recommended_explanation") or {}
+        if recommended.get("layer") in summary.layers:
+            self.hook_layer.value = recommended["layer"]
+        if recommended.get("method") in METHODS:
+            self.method.value = recommended["method"]
         self.device.choices = available_devices()
         self.device.value = self.device.choices[0]
         self.summary.value = summary.line(self.device.value)
@@ -318,9 +327,10 @@ class ExplainWidget(Container):
                                          rendering="mip", contrast_limits=limits, metadata=metadata, **transform)
         self.last_layer = out
         if series:
-            self.result.value = f"{len(target)} timepoints explained, heatmap in '{out.name}'"
+            self.result.value = f"{len(target)} timepoints explained"
         else:
-            self.result.value = f"{names[int(target)]} (p = {probs[int(target)]:.2f}), heatmap in '{out.name}'"
+            self.result.value = f"{names[int(target)]}, p = {probs[int(target)]:.2f}"
+        self.result.tooltip = f"heatmap layer: {out.name}"
         self.last_error = ""
 
     @staticmethod

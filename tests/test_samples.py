@@ -57,14 +57,14 @@ def test_open_sample_menu_entries(make_napari_viewer, key):
         np.testing.assert_allclose(layer.translate, images[0].translate)
 
 
-def run_sample(viewer, qtbot, key, method="g3dvit"):
+def run_sample(viewer, qtbot, key):
+    """Open a sample, pick its volume (which loads its model and its recommended settings), run."""
     viewer.open_sample("napari-g3dvit", key)
     widget = ExplainWidget(viewer)
     viewer.window.add_dock_widget(widget)
     image = next(layer for layer in viewer.layers if "g3dvit_model" in layer.metadata)
     widget.volume.value = image  # offers and loads the sample model
     assert widget.model is not None and widget.model_path.name == f"{key}.safetensors"
-    widget.method.value = method
     widget.run()
     qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
     assert not widget.last_error
@@ -85,22 +85,46 @@ def test_widget_on_the_brain_sample_with_region_table(make_napari_viewer, qtbot)
 
 
 def test_3d_screenshot_heat_falls_on_the_cube(make_napari_viewer, qtbot):
-    """Rendered in 3D, the bright heatmap pixels lie where the cube itself projects."""
+    """Rendered in 3D, the bright heatmap pixels lie where the cube projects.
+
+    This tests the rendering chain (widget, explain, layer transform, 3D MIP, pixels), so it uses a
+    map whose true location is known: the cube sample's background is exactly 0, so at the raw
+    patch layer GradCAM-ElementWise is non-zero only on tokens holding cube voxels, and with
+    nearest upsampling the heat is confined to them. How well the methods localise at deeper
+    layers is measured by benchmarks/bench_quality.py, not here.
+    """
     viewer = make_napari_viewer(show=True)
-    widget, image = run_sample(viewer, qtbot, "cube_position")
+    viewer.open_sample("napari-g3dvit", "cube_position")
+    widget = ExplainWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.volume.value = next(layer for layer in viewer.layers if "g3dvit_model" in layer.metadata)
+    widget.hook_layer.value = "vit.to_patch_embedding.0"
+    widget.method.value = "gradcam-elementwise"
+    widget.upsample.value = "nearest"
+    widget.threshold.value = 100.0
+    widget.run()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    assert not widget.last_error
     viewer.dims.ndisplay = 3
     viewer.camera.angles = (15, -25, 60)
     cube = viewer.layers["cube"]
+    patch = 5
+    g = cube.data.shape[0] // patch
+    touched = cube.data.reshape(g, patch, g, patch, g, patch).any(axis=(1, 3, 5))
+    token_region = np.kron(touched, np.ones((patch,) * 3, dtype=np.uint8)).astype(np.uint8)
+    region = viewer.add_labels(token_region, name="cube tokens", scale=cube.scale, translate=cube.translate)
+    whole = viewer.add_labels(np.ones_like(token_region), name="whole volume", scale=cube.scale,
+                              translate=cube.translate)
 
     def shot(visible):
         for layer in viewer.layers:
             layer.visible = layer in visible
         return np.asarray(viewer.screenshot(canvas_only=True, flash=False))[..., :3].astype(float)
 
-    heat_rgb = shot([widget.last_layer])
-    cube_rgb = shot([cube])
-    footprint = cube_rgb.sum(-1) > 30
-    brightness = heat_rgb.sum(-1)
+    brightness = shot([widget.last_layer]).sum(-1)
+    footprint = shot([region]).sum(-1) > 30
+    volume = shot([whole]).sum(-1) > 30
     bright = brightness >= 0.5 * brightness.max()
-    assert brightness.max() > 100 and footprint.mean() > 0.001
-    assert (bright & footprint).sum() / bright.sum() >= 0.8
+    assert brightness.max() > 100 and bright.sum() > 20
+    assert footprint.sum() < 0.25 * volume.sum()  # the target is a small part of the view
+    assert (bright & footprint).sum() / bright.sum() >= 0.9

@@ -70,7 +70,7 @@ def test_run_adds_a_heatmap_in_the_anatomys_space(qtbot, scene):
     assert record["method"] == "hirescam" and record["threshold"] == 5.0
     kept = heat.data[heat.data > 0]
     assert heat.contrast_limits[0] > 0 and heat.contrast_limits[1] == 1.0 and kept.max() <= 1.0
-    assert "(p = " in widget.result.value
+    assert "p = " in widget.result.value and heat.name in widget.result.tooltip
 
 
 def test_layer_events_keep_the_model_choices(scene):
