@@ -69,11 +69,12 @@ RECIPES = {
         "cube_position", "an 8^3 cube at one of 125 aligned positions in a 40^3 grid; label = position",
         "cube", CubeTask("position", grid=40, cube=8, aligned=True, noise=0.0), patch=5,
         per_epoch=800, epochs=10, batch_size=16, lr=5e-4, init_from="cube_value",
-        recommended={"layer": "vit.transformer.layers.0.0.norm", "method": "g3dvit"}),
+        recommended={"layer": "vit.transformer.layers.0.0.norm", "method": "gradcam-elementwise"}),
     "cube_value": Recipe(
         "cube_value", "an 8^3 cube of -1 or +1 anywhere in a 40^3 grid; label = its sign",
         "cube", CubeTask("value", grid=40, cube=8, aligned=False, noise=0.0), patch=5,
-        per_epoch=1000, epochs=20, batch_size=16, lr=3e-4),
+        per_epoch=1000, epochs=20, batch_size=16, lr=3e-4,
+        recommended={"layer": "vit.transformer.layers.0.0.norm", "method": "gradcam-elementwise"}),
     "brain_ventricles": Recipe(
         "brain_ventricles", "MNI152 T1 at 3 mm; class 1 has enlarged lateral ventricles",
         "brain", None, patch=8, per_epoch=600, epochs=15, batch_size=16, lr=3e-4, stop_at=None,
