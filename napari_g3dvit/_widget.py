@@ -87,7 +87,7 @@ class ExplainWidget(Container):
         self.result = Label(label="result", value="")
         self.regions = ComboBox(label="regions", choices=self._labels_layers, nullable=True)
         self.region_button = PushButton(text="Region table")
-        self.region_table = Table(value={"data": [], "columns": []}, visible=False)
+        self.region_table = Table(value=[], visible=False)
         self.csv_path = FileEdit(label="export to", mode="w", filter="*.csv", value="regions.csv")
         self.export_button = PushButton(text="Export CSV", enabled=False)
         self.extend([self.volume, self.checkpoint, self.config, self.summary, self.hook_layer, self.method,
@@ -359,11 +359,10 @@ class ExplainWidget(Container):
             self._show_error(str(err))
             return []
         self._region_rows = rows
-        self.region_table.value = {
-            "data": [[r["label"], r["voxels"], round(r["mean heat"], 4), round(r["peak heat"], 4),
-                      round(r["share of heat"], 4)] for r in rows],
-            "columns": ["label", "voxels", "mean heat", "peak heat", "share of heat"],
-        }
+        self.region_table.value = [
+            {key: round(value, 4) if isinstance(value, float) else value for key, value in row.items()}
+            for row in rows
+        ]
         self.region_table.visible = True
         self.export_button.enabled = bool(rows)
         return rows

@@ -173,6 +173,9 @@ def test_region_table_and_csv(qtbot, scene, tmp_path):
     assert rows[0]["share of heat"] >= rows[1]["share of heat"]
     first = heat[:6] if rows[0]["label"] == "1" else heat[6:]
     assert rows[0]["peak heat"] == pytest.approx(first.max()) and rows[0]["mean heat"] == pytest.approx(first.mean())
+    table = widget.region_table
+    assert tuple(table.column_headers) == ("label", "voxels", "mean heat", "peak heat", "share of heat")
+    assert table.data[0][0] == rows[0]["label"] and table.data[0][1] == rows[0]["voxels"]
     widget.csv_path.value = tmp_path / "regions.csv"
     path = widget.export_regions()
     lines = open(path).read().splitlines()
