@@ -225,7 +225,7 @@ def main() -> None:
     times = dict((n, s) for n, s, _ in rows)
     for peer in ("pytorch-grad-cam GradCAM", "torch-cam GradCAM"):
         if peer in times:
-            print(f"{peer} / explain gradcam: {times[peer] / times['explain gradcam']:.2f}x slower")
+            print(f"{peer} time / explain gradcam time: {times[peer] / times['explain gradcam']:.2f}")
 
 
 if __name__ == "__main__":

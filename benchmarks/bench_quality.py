@@ -129,7 +129,7 @@ def table(name: str, rows: list[dict], n: int) -> str:
     lines = [f"### {name} ({n} held-out samples, model accuracy on them {rows[0]['accuracy']:.2f}, "
              f"chance mass = region fraction {rows[0]['chance']:.4f}, deletion/insertion baseline: "
              f"{rows[0]['baseline']})", ""]
-    head = "| method | mass in region | pointing game | IoU top 5 % | deletion AUC | insertion AUC | sanity rho | s / volume |"
+    head = "| method | mass in region | pointing game | IoU top 5 % | deletion AUC | insertion AUC | sanity rho | s / map |"
     if brain:
         head = head.replace("| sanity", "| mass in brain | sanity")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]

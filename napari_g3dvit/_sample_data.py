@@ -9,7 +9,7 @@ from .volumes import read_nifti
 MODEL_KEY = "g3dvit_model"
 
 
-def _labels(filename: str, name: str, color_index: int = 1):
+def _labels(filename: str, name: str):
     data, kwargs, _ = read_nifti(sample_path(filename))
     kwargs.pop("rendering", None)
     kwargs.update(name=name, opacity=0.5)

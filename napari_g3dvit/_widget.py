@@ -111,9 +111,7 @@ class ExplainWidget(Container):
         for label in (self.summary, self.result):  # as wide as the column, whatever text came first
             label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
             label.native.setMinimumWidth(240)
-        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
-            event.connect(self.reset_choices)
-        self.reset_choices()
+        self.reset_choices()  # napari's add_dock_widget connects this to the layer-list events
         self._on_volume_changed(self.volume.value)
 
     def reset_choices(self, *_args) -> None:
@@ -239,26 +237,37 @@ class ExplainWidget(Container):
 
         volume, timepoint = self._volume_array(layer)
         settings = self.settings()
-        model = self.model
+        # what the result will be labelled with, fixed now: another model may be loaded meanwhile
+        run = {"model": self.model, "path": self.model_path, "names": self._summary.class_names}
 
         @thread_worker
         def work():
+            import torch
+
             import napari_g3dvit as g3d
 
+            model = run["model"]
             if volume.ndim == 3:
                 yield 0, 1
                 exp = g3d.explain(model, volume, **settings)
                 yield 1, 1
                 return [exp]
-            parts = []
-            for start in range(0, volume.shape[0], CHUNK):
-                parts.append(g3d.explain(model, volume[start : start + CHUNK], **settings))
-                yield min(start + CHUNK, volume.shape[0]), volume.shape[0]
-            return parts
+            home = next(model.parameters()).device
+            model.to(settings["device"])  # once per run, not once per chunk
+            try:
+                parts = []
+                for start in range(0, volume.shape[0], CHUNK):
+                    parts.append(g3d.explain(model, volume[start : start + CHUNK], **settings))
+                    yield min(start + CHUNK, volume.shape[0]), volume.shape[0]
+                return parts
+            finally:
+                model.to(home)
+                if torch.device(settings["device"]).type == "cuda":
+                    torch.cuda.empty_cache()
 
         worker = work()
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda result: self._on_result(layer, result, settings, timepoint))
+        worker.returned.connect(lambda result: self._on_result(layer, result, settings, timepoint, run))
         worker.errored.connect(lambda err: self._show_error(str(err)))
         worker.aborted.connect(self._on_aborted)
         worker.finished.connect(self._on_finished)
@@ -289,14 +298,14 @@ class ExplainWidget(Container):
 
     # -- the result layer --------------------------------------------------------------------------
 
-    def _on_result(self, anatomy, parts: list, settings: dict, timepoint: int | None) -> None:
+    def _on_result(self, anatomy, parts: list, settings: dict, timepoint: int | None, run: dict) -> None:
         """Add (or update) the heatmap layer from the explanations of one run (chunks of a series)."""
         exp, series = parts[0], parts[0].heatmap.ndim == 4
         heat = np.concatenate([p.heatmap for p in parts]) if series else exp.heatmap
         tokens = np.concatenate([p.token_map for p in parts]) if series else exp.token_map
         probs = np.concatenate([p.probabilities for p in parts]) if series else exp.probabilities
         target = np.concatenate([p.target for p in parts]) if series else exp.target
-        names = self._summary.class_names
+        names = run["names"]
         kept = tokens[tokens > 0]
         low = float(kept.min()) if kept.size and settings["threshold"] < 100 else 0.0
         limits = (low, 1.0) if low < 1.0 else (0.0, 1.0)
@@ -304,7 +313,7 @@ class ExplainWidget(Container):
         transform = {key: np.asarray(getattr(anatomy, key))[-ndim:] for key in ("scale", "translate")}
         transform["affine"] = np.asarray(anatomy.affine.affine_matrix)[-ndim - 1 :, -ndim - 1 :]
         record = {
-            "volume": anatomy.name, "model": str(self.model_path), **settings, "layer": exp.layer,
+            "volume": anatomy.name, "model": str(run["path"]), **settings, "layer": exp.layer,
             "series": series, "timepoint": timepoint,
             "explained_class": np.atleast_1d(target).tolist(),
             "explained_class_name": [names[int(t)] for t in np.atleast_1d(target)],

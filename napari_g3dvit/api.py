@@ -123,7 +123,8 @@ class ModelSummary:
 
 
 def describe_model(model: nn.Module) -> ModelSummary:
-    """Architecture, input size, class names, size and hookable layers (one probe on the CPU)."""
+    """Architecture, input size, class names, size and hookable layers (one probe forward on the
+    model's own device)."""
     adapter = find_adapter(model)
     dev = next((p.device for p in model.parameters()), torch.device("cpu"))
     with prepared_model(model, dev):
@@ -181,7 +182,7 @@ def explain(
     Returns an ``Explanation``; a list of methods gives ``{method: Explanation}``, a list of
     layers ``{layer: Explanation}``, and both ``{(method, layer): Explanation}``.
     """
-    methods = [method] if isinstance(method, str) else list(method)
+    methods = [method] if isinstance(method, str) else list(dict.fromkeys(method))
     for name in methods:
         _check_choice(name, METHODS, "method")
     if not methods:

@@ -15,7 +15,8 @@ class Explanation:
     token_map:     float32 token grid (F, Gh, Gw) or (T, F, Gh, Gw), after ReLU, min-max
                    normalisation and threshold, before upsampling.
     target:        the explained class: an int, or one per timepoint (int array of length T).
-    probabilities: softmax of the model's scores, (K,) or (T, K).
+    probabilities: softmax of the model's scores, (K,) or (T, K); for a model with a single
+                   logit, its sigmoid, (1,) or (T, 1).
     method, layer, pooling, threshold, upsample: the settings used.
     """
 
@@ -32,8 +33,11 @@ class Explanation:
 
     @property
     def predicted(self) -> int | np.ndarray:
-        """The class the model predicts, per timepoint for a series."""
-        pred = np.argmax(self.probabilities, axis=-1)
+        """The class the model predicts, per timepoint for a series (1 for a single logit >= 0.5)."""
+        if self.probabilities.shape[-1] == 1:
+            pred = (self.probabilities[..., 0] >= 0.5).astype(np.int64)
+        else:
+            pred = np.argmax(self.probabilities, axis=-1)
         return int(pred) if pred.ndim == 0 else pred
 
     @property

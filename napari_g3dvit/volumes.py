@@ -22,8 +22,10 @@ log = logging.getLogger("napari_g3dvit")
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 METADATA_KEY = "nifti"
-#: Integer volumes with at most this many distinct values open as Labels (atlases, annotations).
-MAX_LABEL_VALUES = 256
+#: Integer volumes with at most this many distinct values open as Labels (masks, small atlases);
+#: an 8-bit MRI or CT export has far more. Larger atlases are recognised by their file name.
+MAX_LABEL_VALUES = 32
+LABEL_NAME_HINTS = ("label", "atlas", "mask", "seg", "aseg", "parc", "annot", "roi")
 _warned_oblique: set[str] = set()
 
 
@@ -41,13 +43,15 @@ def _obliquity_degrees(affine: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip(np.abs(axes).max(axis=0), -1, 1))).max())
 
 
-def _is_labels(data: np.ndarray, header) -> bool:
+def _is_labels(data: np.ndarray, header, name: str) -> bool:
+    """Label intent, a boolean volume, or integers that are few or named like labels."""
     intent = header.get_intent()[0] if hasattr(header, "get_intent") else ""
-    if intent == "label":
+    if intent == "label" or (data.ndim == 3 and data.dtype.kind == "b"):
         return True
-    if data.ndim != 3 or data.dtype.kind not in "iub":
+    if data.ndim != 3 or data.dtype.kind not in "iu":
         return False
-    return len(np.unique(data)) <= MAX_LABEL_VALUES
+    named = any(hint in name.lower() for hint in LABEL_NAME_HINTS)
+    return named or len(np.unique(data)) <= MAX_LABEL_VALUES
 
 
 def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any], str]:
@@ -65,8 +69,9 @@ def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any], str
         raise
     except Exception as err:  # nibabel raises many types for broken files
         raise NiftiError(f"{path} is not a readable NIfTI file ({err})") from err
+    time_zoom = 3
     if data.ndim == 5 and data.shape[3] == 1:  # some tools write (x, y, z, 1, t)
-        data = data[:, :, :, 0]
+        data, time_zoom = data[:, :, :, 0], 4
     if data.ndim not in (3, 4):
         raise NiftiError(f"{path.name} has {data.ndim} dimensions {data.shape}; napari-g3dvit reads 3D volumes and 4D series")
     affine = canonical.affine
@@ -85,7 +90,7 @@ def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any], str
         "dtype": str(header.get_data_dtype()),
         "oblique_degrees": round(degrees, 3),
         "time_axis": 0 if data.ndim == 4 else None,
-        "tr": zooms[3] if data.ndim == 4 and len(zooms) > 3 else None,
+        "tr": zooms[time_zoom] if data.ndim == 4 and len(zooms) > time_zoom else None,
         "description": header["descrip"].tobytes().rstrip(b"\0").decode("latin-1", "replace") if "descrip" in header else "",
     }
     if degrees > 1e-3 and str(path) not in _warned_oblique:
@@ -97,7 +102,7 @@ def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any], str
         data = np.moveaxis(data, -1, 0)
         scale, translate = [1.0] + scale, [0.0] + translate
     name = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
-    kind = "labels" if _is_labels(data, header) else "image"
+    kind = "labels" if _is_labels(data, header, name) else "image"
     kwargs = {"name": name, "scale": scale, "translate": translate, "metadata": {METADATA_KEY: facts}}
     if kind == "image" and data.ndim == 3:
         kwargs["rendering"] = "mip"

@@ -252,3 +252,27 @@ def test_mean_pool_vit_uses_the_generic_path(volume):
     vit = make_vit(pool="mean")
     a = g3d.explain(vit, volume, method="hirescam", layer="transformer.layers.1.1", threshold=None)
     assert a.token_map.max() == pytest.approx(1)  # mean readout: patch tokens reach the score
+
+
+def test_a_method_named_twice_is_computed_once(vit):
+    torch.manual_seed(9)
+    series = torch.randn(3, *TINY_SHAPE)
+    out = g3d.explain(vit, series, method=["gradcam", "gradcam"])
+    assert list(out) == ["gradcam"] and out["gradcam"].heatmap.shape == (3, *TINY_SHAPE)
+
+
+def test_single_logit_model_predicts_by_its_sigmoid(volume):
+    class OneLogit(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vit = make_vit(num_classes=1)
+
+        def forward(self, x):
+            return self.vit(x)[:, 0]
+
+    model = OneLogit().eval()
+    exp = g3d.explain(model, volume, method="hirescam")
+    with torch.no_grad():
+        p = torch.sigmoid(model(volume[None, None]))[0].item()
+    assert exp.probabilities.shape == (1,) and exp.probabilities[0] == pytest.approx(p, abs=1e-6)
+    assert exp.predicted == int(p >= 0.5)

@@ -77,3 +77,13 @@ def test_reader_translate_is_the_canonical_origin():
     canonical = np.asarray(kwargs["metadata"]["nifti"]["canonical_affine"])
     np.testing.assert_allclose(kwargs["translate"][1:], canonical[:3, 3])
     assert kind == "image" and kwargs["translate"][0] == 0
+
+
+def test_8bit_mri_opens_as_image_and_a_named_atlas_as_labels(tmp_path):
+    rng = np.random.default_rng(3)
+    mri = rng.integers(0, 256, size=(12, 10, 8)).astype(np.uint8)
+    nib.save(nib.Nifti1Image(mri, np.eye(4)), tmp_path / "t1_8bit.nii.gz")
+    assert read_nifti(tmp_path / "t1_8bit.nii.gz")[2] == "image"
+    atlas = rng.integers(0, 120, size=(12, 10, 8)).astype(np.int16)
+    nib.save(nib.Nifti1Image(atlas, np.eye(4)), tmp_path / "AAL_atlas.nii.gz")
+    assert read_nifti(tmp_path / "AAL_atlas.nii.gz")[2] == "labels"

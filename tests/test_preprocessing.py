@@ -127,3 +127,9 @@ def test_nibabel_example4d_fmri_run():
     assert np.isfinite(exp.heatmap).all() and 0 <= exp.heatmap.min() and exp.heatmap.max() <= 1
     assert exp.probabilities.shape == (2, 2) and np.allclose(exp.probabilities.sum(1), 1)
     assert exp.target.shape == (2,)
+
+
+def test_crop_larger_than_the_volume_is_a_volume_error():
+    prep = Preprocessing.from_config({"crop": [[30, 30], [0, 0], [0, 0]]})
+    with pytest.raises(g3d.VolumeError, match="removes all of it"):
+        prep.to_model(torch.zeros(1, 40, 20, 20), None)

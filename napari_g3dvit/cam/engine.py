@@ -41,7 +41,7 @@ def prepared_model(model: nn.Module, device: torch.device) -> Iterator[nn.Module
     modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
     devices = {t.device for t in (*model.parameters(), *model.buffers())}
-    if len(devices) > 1 and devices != {device}:
+    if len(devices) > 1:
         raise ModelError(
             "the model's weights are spread over several devices "
             f"({', '.join(sorted(map(str, devices)))}); move it to one device first"

@@ -57,7 +57,7 @@ def g3dvit(acts: Tensor, grads: Tensor, num_patches: int, pooling: str = "mean")
     if pooling == "mean":
         weights = _without_cancellation(weights, grads.abs().mean(dim=-1))
     sums = _without_cancellation(acts.sum(dim=-1), acts.abs().sum(dim=-1))
-    return _patches((weights * sums)[..., None], num_patches)[..., 0]
+    return (weights * sums)[:, -num_patches:]
 
 
 def gradcam(acts: Tensor, grads: Tensor, num_patches: int, pooling: str = "mean") -> Tensor:

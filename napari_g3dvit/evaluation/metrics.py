@@ -167,7 +167,7 @@ def cascade_randomized(model: nn.Module, seed: int = 0) -> list[tuple[str, nn.Mo
     for i in reversed(range(count)):
         stages.append((f"block {i}", [f"{prefix}{blocks}.{i}"]))
     generator = torch.Generator().manual_seed(seed)
-    current = copy.deepcopy(model)
+    current = model
     out = []
     for label, names in stages:
         current = copy.deepcopy(current)
@@ -187,14 +187,16 @@ def random_token_map(grid: tuple[int, int, int], seed: int) -> np.ndarray:
     return np.random.default_rng(seed).random(grid).astype(np.float32)
 
 
-def model_predictor(model: nn.Module, device: str = "cpu", batch_size: int = 16) -> Predict:
-    """``predict(volumes)`` -> softmax probabilities, with the model's own preprocessing."""
+def model_predictor(model: nn.Module, batch_size: int = 16) -> Predict:
+    """``predict(volumes)`` -> softmax probabilities, with the model's own preprocessing, on the
+    device the model is on."""
     from ..models import find_adapter
     from ..models.preprocessing import Preprocessing
 
     adapter = find_adapter(model)
     prep = Preprocessing.from_config((getattr(model, "g3dvit_config", None) or {}).get("preprocessing"))
-    dev = torch.device(device)
+    dev = next(model.parameters()).device
+    channels = adapter.geometry.channels
 
     def predict(volumes: np.ndarray) -> np.ndarray:
         outs = []
@@ -203,7 +205,7 @@ def model_predictor(model: nn.Module, device: str = "cpu", batch_size: int = 16)
             for start in range(0, len(volumes), batch_size):
                 x = prep.to_model(torch.as_tensor(volumes[start : start + batch_size]).float(),
                                   adapter.geometry.input_shape)
-                logits = adapter.logits(model(x[:, None].to(dev)))
+                logits = adapter.logits(model(x[:, None].expand(-1, channels, -1, -1, -1).to(dev)))
                 outs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
         return np.concatenate(outs)
 

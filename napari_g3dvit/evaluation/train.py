@@ -44,7 +44,7 @@ def train_classifier(model: nn.Module, training_data: Batches, validation: tuple
                      epochs: int = 20, batch_size: int = 16, lr: float = 1e-4, weight_decay: float = 0.01,
                      device: str = "cpu", seed: int = 0, progress: bool = True, desc: str = "training",
                      target_accuracy: float | None = None) -> TrainResult:
-    """AdamW with a cosine schedule; ``training_data(epoch)`` gives that epoch's samples.
+    """AdamW with a one-cycle schedule; ``training_data(epoch)`` gives that epoch's samples.
 
     Stops early once the validation accuracy reaches ``target_accuracy`` (when given).
     """

@@ -134,10 +134,6 @@ def validate(config: Mapping) -> dict:
     return cfg
 
 
-def num_classes(cfg: Mapping) -> int:
-    return cfg["head"]["sizes"][-1] if cfg.get("head") else cfg["vit"]["num_classes"]
-
-
 def input_shape(cfg: Mapping) -> tuple[int, int, int]:
     """The model input (frames, height, width)."""
     h, w = pair(cfg["vit"]["image_size"])

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from .adapter import class_scores
 from .checkpoint import CheckpointError, read_checkpoint
 from .config import (
     CURRENT_LAYOUT,
@@ -49,10 +50,7 @@ class ViTClassifier(nn.Module):
         self.g3dvit_config = config
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.vit(x)
-        if isinstance(out, (tuple, list)):  # MONAI's ViT returns (logits, hidden states)
-            out = out[0]
-        return self.head(out)
+        return self.head(class_scores(self.vit(x)))
 
 
 # -- splitting a state dict -------------------------------------------------------------------
@@ -318,12 +316,6 @@ def validate_partial(config: Mapping) -> dict:
     return cfg
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_model(module: nn.Module, path: str | os.PathLike, config: Mapping) -> Path:
     """Write ``module``'s weights to ``path`` (.safetensors) and its config to ``<name>.json``.
 
@@ -351,7 +343,7 @@ def save_model(module: nn.Module, path: str | os.PathLike, config: Mapping) -> P
         os.close(fd)
         try:
             write(tmp)
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; shipped and shared files must be readable
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):

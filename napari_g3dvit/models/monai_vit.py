@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from .adapter import ViTAdapter, defined_in
 from .geometry import TokenGeometry
 
 MONAI_VIT_MODULE = "monai.networks.nets.vit"
@@ -21,10 +22,10 @@ REQUIRED = ("in_channels", "img_size", "patch_size", "hidden_size", "mlp_dim", "
 
 
 def is_monai_vit(module: nn.Module) -> bool:
-    return any(c.__module__ == MONAI_VIT_MODULE and c.__name__ == "ViT" for c in type(module).__mro__)
+    return defined_in(module, MONAI_VIT_MODULE)
 
 
-class MonaiViT:
+class MonaiViT(ViTAdapter):
     """Adapter for a model that is, or contains, a MONAI ViT with a classification head."""
 
     architecture = "monai-vit"
@@ -35,7 +36,7 @@ class MonaiViT:
         conv = vit.patch_embedding.patch_embeddings
         if not isinstance(conv, nn.Conv3d):
             raise ModelError("napari-g3dvit supports MONAI ViTs with proj_type='conv' (3D patches)")
-        self.model, self.prefix, self.vit = model, prefix, vit
+        super().__init__(model, prefix, vit)
         shape = getattr(vit, "g3dvit_input_shape", None)
         self.geometry = TokenGeometry(
             patch_size=tuple(int(k) for k in conv.kernel_size),
@@ -49,13 +50,6 @@ class MonaiViT:
     def default_layer(self) -> str:
         """The LayerNorm at the input of the last block's attention."""
         return f"{self.prefix}blocks.{len(self.vit.blocks) - 1}.norm1"
-
-    @staticmethod
-    def logits(output) -> torch.Tensor:
-        return output[0] if isinstance(output, (tuple, list)) else output
-
-    def supports_cls_fast_path(self, hooked) -> bool:
-        return False
 
 
 def check_monai_section(section: Mapping | None) -> dict:

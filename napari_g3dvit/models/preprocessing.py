@@ -22,10 +22,7 @@ import torch.nn.functional as F
 
 from ..errors import VolumeError
 from .config import ConfigError, NORMALIZATIONS
-
-
-def _fmt(shape) -> str:
-    return "x".join(str(int(s)) for s in shape)
+from .geometry import _fmt
 
 
 @dataclass(frozen=True)
@@ -61,10 +58,6 @@ class Preprocessing:
             raise ConfigError(f"config preprocessing.normalize must be one of {', '.join(NORMALIZATIONS)}")
         return cls(axes=axes, crop=crop, resample=bool(spec.get("resample", False)), normalize=normalize)
 
-    @property
-    def is_identity(self) -> bool:
-        return self == Preprocessing(normalize=self.normalize)
-
     def cropped_shape(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
         """Spatial shape after crop/pad, before the axes are reordered."""
         out = tuple(s - a - b for s, (a, b) in zip(shape, self.crop))
@@ -77,6 +70,7 @@ class Preprocessing:
 
     def to_model(self, series: torch.Tensor, model_shape: tuple[int, int, int] | None) -> torch.Tensor:
         """[T, D, H, W] scanner voxels -> [T, F, Hm, Wm] model input (normalised)."""
+        self.cropped_shape(tuple(series.shape[1:]))  # a crop larger than the volume: say so
         x = _crop_or_pad(series, self.crop)
         x = x.permute(0, *(1 + a for a in self.axes))
         if model_shape is not None and tuple(x.shape[1:]) != tuple(model_shape):

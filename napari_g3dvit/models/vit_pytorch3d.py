@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
+from .adapter import ViTAdapter, defined_in
 from .geometry import TokenGeometry
 
 VIT3D_MODULE = "vit_pytorch.vit_3d"
@@ -42,7 +43,7 @@ def import_vit3d():
     mapped libLLVM, it crashes the interpreter. napari-g3dvit never compiles kernels, so in
     that case triton is marked unavailable before the import, exactly as if it were absent.
     """
-    if "vit_pytorch.vit_3d" not in sys.modules and "triton" not in sys.modules and _llvm_in_process():
+    if VIT3D_MODULE not in sys.modules and "triton" not in sys.modules and _llvm_in_process():
         sys.modules["triton"] = None
         log.info("an LLVM library (Mesa OpenGL) is loaded: triton is left out to avoid its LLVM clash")
     import vit_pytorch.vit_3d as vit_3d
@@ -56,10 +57,10 @@ def _defined_in_vit3d(obj: object) -> bool:
 
 def is_vit3d(module: nn.Module) -> bool:
     """True for ``vit_pytorch.vit_3d.ViT`` and its subclasses."""
-    return any(c.__module__ == VIT3D_MODULE and c.__name__ == "ViT" for c in type(module).__mro__)
+    return defined_in(module, VIT3D_MODULE)
 
 
-class VitPytorch3D:
+class VitPytorch3D(ViTAdapter):
     """Adapter for a model that is, or contains, a vit-pytorch 3D ViT.
 
     ``prefix`` is the ViT's dotted name inside ``model`` followed by a dot ('' at the root).
@@ -68,9 +69,7 @@ class VitPytorch3D:
     architecture = "vit-pytorch-3d"
 
     def __init__(self, model: nn.Module, prefix: str, vit: nn.Module):
-        self.model = model
-        self.prefix = prefix
-        self.vit = vit
+        super().__init__(model, prefix, vit)
         self.geometry = self._read_geometry(vit)
 
     @staticmethod
@@ -104,11 +103,6 @@ class VitPytorch3D:
     def default_layer(self) -> str:
         """The LayerNorm at the input of the last block's attention, as published."""
         return f"{self.prefix}transformer.layers.{self.num_blocks - 1}.0.norm"
-
-    @staticmethod
-    def logits(output: torch.Tensor | tuple) -> torch.Tensor:
-        """The class scores ``[B, K]`` from whatever the whole model returns."""
-        return output[0] if isinstance(output, (tuple, list)) else output
 
     # -- the CLS fast path ------------------------------------------------------------------
 
