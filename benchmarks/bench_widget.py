@@ -23,7 +23,6 @@ def main() -> None:
     import napari
     import torch
     from qtpy.QtCore import QTimer
-    from qtpy.QtWidgets import QApplication
 
     import napari_g3dvit as g3d
     from napari_g3dvit._widget import ExplainWidget
@@ -54,9 +53,7 @@ def main() -> None:
         timer.start(10)
         started = time.perf_counter()
         widget.run()
-        while widget._worker is not None:
-            QApplication.processEvents()
-            time.sleep(0.002)
+        widget.wait(poll=0.002)
         wall = time.perf_counter() - started
         timer.stop()
         gaps = np.diff(ticks) * 1000

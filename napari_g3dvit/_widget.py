@@ -246,19 +246,20 @@ class ExplainWidget(Container):
 
             import napari_g3dvit as g3d
 
+            # a volume is a run of one chunk; a series runs in chunks of timepoints
+            series = volume.ndim == 4
+            chunks = [volume[s : s + CHUNK] for s in range(0, len(volume), CHUNK)] if series else [volume]
+            total, done = (len(volume) if series else 1), 0
+            yield done, total  # Cancel can stop the run before its first (longest) step
             model = run["model"]
-            if volume.ndim == 3:
-                yield 0, 1
-                exp = g3d.explain(model, volume, **settings)
-                yield 1, 1
-                return [exp]
             home = next(model.parameters()).device
             model.to(settings["device"])  # once per run, not once per chunk
             try:
                 parts = []
-                for start in range(0, volume.shape[0], CHUNK):
-                    parts.append(g3d.explain(model, volume[start : start + CHUNK], **settings))
-                    yield min(start + CHUNK, volume.shape[0]), volume.shape[0]
+                for chunk in chunks:
+                    parts.append(g3d.explain(model, chunk, **settings))
+                    done += len(chunk) if series else 1
+                    yield done, total
                 return parts
             finally:
                 model.to(home)
@@ -278,6 +279,16 @@ class ExplainWidget(Container):
         self.result.value = "explaining..."
         worker.start()
         return worker
+
+    def wait(self, poll: float = 0.02) -> None:
+        """Process Qt events until the current run has finished (for scripts and benchmarks)."""
+        import time
+
+        from qtpy.QtWidgets import QApplication
+
+        while self._worker is not None:
+            QApplication.processEvents()
+            time.sleep(poll)
 
     def cancel(self, _value=None) -> None:
         if self._worker is not None:

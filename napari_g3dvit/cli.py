@@ -57,13 +57,7 @@ def open_sample_viewer(sample: str, explain: bool = False, show: bool = True):
     viewer.dims.ndisplay = 3
     viewer.camera.angles = (0, -60, 60) if sample.startswith("brain") else (10, -30, 60)
     if explain and widget.run() is not None:
-        import time
-
-        from qtpy.QtWidgets import QApplication
-
-        while widget._worker is not None:
-            QApplication.processEvents()
-            time.sleep(0.02)
+        widget.wait()
     return viewer, widget
 
 
