@@ -67,12 +67,6 @@ def shown(token_map: np.ndarray, patch) -> np.ndarray:
     return tokens_to_voxels(kept, patch, "trilinear")[0].numpy()
 
 
-def first_block_layer(model) -> str:
-    """The LayerNorm at the input of the first block's attention."""
-    adapter = find_adapter(model)
-    return adapter.default_layer.replace(f".{adapter.num_blocks - 1}.", ".0.", 1)
-
-
 def evaluate(name: str, n: int) -> list[dict]:
     model = g3d.load_model(sample_path(f"{name}.safetensors"))
     patch = find_adapter(model).geometry.patch_size
@@ -81,7 +75,8 @@ def evaluate(name: str, n: int) -> list[dict]:
     predict = M.model_predictor(model)
     randomised = M.cascade_randomized(model, seed=1)[-1][1]
     accuracy = float((predict(volumes).argmax(1) == labels).mean())
-    layers = {"last block": find_adapter(model).default_layer, "first block": first_block_layer(model)}
+    adapter = find_adapter(model)
+    layers = {"last block": adapter.default_layer, "first block": adapter.attention_norm(0)}
     maps = [f"{m} @ {where}" for where in layers for m in g3d.METHODS]
     names = maps + ["random map", "uniform map", "token-overlap oracle"]
     rows = {k: {"mass": [], "point": [], "iou": [], "del": [], "ins": [], "sanity": [], "brain": [], "sec": []} for k in names}

@@ -160,12 +160,9 @@ def cascade_randomized(model: nn.Module, seed: int = 0) -> list[tuple[str, nn.Mo
     ]
     if outer:
         stages.append(("head", outer))
-    readout = "mlp_head" if hasattr(vit, "mlp_head") else "classification_head"
-    stages.append((readout, [prefix + readout]))
-    blocks = "transformer.layers" if hasattr(vit, "transformer") else "blocks"
-    count = len(vit.transformer.layers) if hasattr(vit, "transformer") else len(vit.blocks)
-    for i in reversed(range(count)):
-        stages.append((f"block {i}", [f"{prefix}{blocks}.{i}"]))
+    stages.append((adapter.readout[len(prefix):], [adapter.readout]))
+    for i, block in reversed(list(enumerate(adapter.blocks))):
+        stages.append((f"block {i}", [block]))
     generator = torch.Generator().manual_seed(seed)
     current = model
     out = []

@@ -17,12 +17,33 @@ def class_scores(output: torch.Tensor | tuple | list) -> torch.Tensor:
 
 
 class ViTAdapter:
-    """Base of the adapters: ``model`` holds ``vit`` under the dotted ``prefix``."""
+    """Base of the adapters: ``model`` holds ``vit`` under the dotted ``prefix``.
+
+    Subclasses name the ViT's parts in ``model``'s dotted names: ``blocks`` (first to last),
+    ``readout`` (the ViT's classifier) and ``attention_norm(i)`` (the LayerNorm at the input of
+    block ``i``'s attention).
+    """
 
     architecture = ""
 
     def __init__(self, model: nn.Module, prefix: str, vit: nn.Module):
         self.model, self.prefix, self.vit = model, prefix, vit
+
+    @property
+    def blocks(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def readout(self) -> str:
+        raise NotImplementedError
+
+    def attention_norm(self, block: int) -> str:
+        raise NotImplementedError
+
+    @property
+    def default_layer(self) -> str:
+        """The LayerNorm at the input of the last block's attention, as published."""
+        return self.attention_norm(len(self.blocks) - 1)
 
     @staticmethod
     def logits(output) -> torch.Tensor:

@@ -47,9 +47,15 @@ class MonaiViT(ViTAdapter):
         )
 
     @property
-    def default_layer(self) -> str:
-        """The LayerNorm at the input of the last block's attention."""
-        return f"{self.prefix}blocks.{len(self.vit.blocks) - 1}.norm1"
+    def blocks(self) -> list[str]:
+        return [f"{self.prefix}blocks.{i}" for i in range(len(self.vit.blocks))]
+
+    @property
+    def readout(self) -> str:
+        return f"{self.prefix}classification_head"
+
+    def attention_norm(self, block: int) -> str:
+        return f"{self.blocks[block]}.norm1"
 
 
 def check_monai_section(section: Mapping | None) -> dict:

@@ -96,13 +96,15 @@ class VitPytorch3D(ViTAdapter):
         )
 
     @property
-    def num_blocks(self) -> int:
-        return len(self.vit.transformer.layers)
+    def blocks(self) -> list[str]:
+        return [f"{self.prefix}transformer.layers.{i}" for i in range(len(self.vit.transformer.layers))]
 
     @property
-    def default_layer(self) -> str:
-        """The LayerNorm at the input of the last block's attention, as published."""
-        return f"{self.prefix}transformer.layers.{self.num_blocks - 1}.0.norm"
+    def readout(self) -> str:
+        return f"{self.prefix}mlp_head"
+
+    def attention_norm(self, block: int) -> str:
+        return f"{self.blocks[block]}.0.norm"
 
     # -- the CLS fast path ------------------------------------------------------------------
 
