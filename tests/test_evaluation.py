@@ -141,3 +141,29 @@ def test_training_on_a_toy_size():
                               progress=False)
     assert len(result.history) == 2 and 0 <= result.validation_accuracy <= 1
     assert not result.model.training
+
+
+def test_train_recipe_writes_a_loadable_model_and_its_example(tmp_path, monkeypatch):
+    import json
+
+    import nibabel as nib
+
+    import napari_g3dvit as g3d
+    from napari_g3dvit.evaluation import recipes
+
+    toy = recipes.Recipe("toy", "a toy value task", "cube", CubeTask("value", grid=10, cube=4, aligned=False),
+                         patch=5, per_epoch=16, epochs=1, batch_size=8, lr=1e-3, n_val=8,
+                         recommended={"layer": "vit.transformer.layers.0.0.norm", "method": "hirescam"})
+    monkeypatch.setitem(recipes.RECIPES, "toy", toy)
+    config = recipes.train_recipe("toy", tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "toy.json", "toy.safetensors", "toy_example.nii.gz", "toy_example_mask.nii.gz"]
+    saved = json.loads((tmp_path / "toy.json").read_text())
+    assert saved["validation_accuracy"] == config["validation_accuracy"]
+    assert saved["training"]["command"] == f"g3dvit train toy --out {tmp_path}"
+    assert saved["recommended_explanation"]["method"] == "hirescam"
+    model = g3d.load_model(tmp_path / "toy.safetensors")
+    example = np.asarray(nib.load(tmp_path / "toy_example.nii.gz").dataobj)
+    mask = np.asarray(nib.load(tmp_path / "toy_example_mask.nii.gz").dataobj).astype(bool)
+    assert example.shape == mask.shape == (10, 10, 10) and mask.sum() == 64
+    assert g3d.explain(model, example, method="gradcam").heatmap.shape == (10, 10, 10)

@@ -132,7 +132,7 @@ def train_recipe(name: str, out: Path, device: str = "cpu", epochs: int | None =
     import nibabel as nib
     import torch
 
-    from ..models.loading import ViTClassifier, save_model
+    from ..models.loading import save_model
     from .train import build_vit, train_classifier
 
     recipe = RECIPES[name]
@@ -160,21 +160,19 @@ def train_recipe(name: str, out: Path, device: str = "cpu", epochs: int | None =
         config["recommended_explanation"] = dict(recipe.recommended)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model = ViTClassifier(result.model, None, config)
-    save_model(model.vit, out / f"{name}.safetensors", config)
-    if recipe.kind == "cube":
-        affine = np.eye(4)
-        example = int(np.flatnonzero(val_y == val_y[0])[0])
-        nib.save(nib.Nifti1Image(val_x[example], affine), out / f"{name}_example.nii.gz")
-        nib.save(nib.Nifti1Image(val_masks[example].astype(np.uint8), affine), out / f"{name}_example_mask.nii.gz")
-    else:
+    save_model(result.model, out / f"{name}.safetensors", config)
+    brain = recipe.kind == "brain"
+    affine = extra["anatomy"].affine if brain else np.eye(4)
+    example = int(np.flatnonzero(val_y == 1)[0]) if brain else 0  # the brain demo shows class 1
+    files = {f"{name}_example.nii.gz": val_x[example],
+             f"{name}_example_mask.nii.gz": val_masks[example].astype(np.uint8)}
+    if brain:
         anatomy = extra["anatomy"]
-        example = int(np.flatnonzero(val_y == 1)[0])
-        nib.save(nib.Nifti1Image(val_x[example], anatomy.affine), out / f"{name}_example.nii.gz")
-        nib.save(nib.Nifti1Image(anatomy.t1, anatomy.affine), out / "mni152_t1_3mm.nii.gz")
-        nib.save(nib.Nifti1Image(anatomy.brain.astype(np.uint8), anatomy.affine), out / "mni152_brain_mask_3mm.nii.gz")
-        nib.save(nib.Nifti1Image(val_masks[example].astype(np.uint8), anatomy.affine), out / f"{name}_example_mask.nii.gz")
-        nib.save(nib.Nifti1Image(anatomy.ventricles.astype(np.uint8), anatomy.affine), out / "mni152_ventricles_3mm.nii.gz")
+        files.update({"mni152_t1_3mm.nii.gz": anatomy.t1,
+                      "mni152_brain_mask_3mm.nii.gz": anatomy.brain.astype(np.uint8),
+                      "mni152_ventricles_3mm.nii.gz": anatomy.ventricles.astype(np.uint8)})
+    for filename, data in files.items():
+        nib.save(nib.Nifti1Image(data, affine), out / filename)
     print(json.dumps({"model": name, "validation_accuracy": config["validation_accuracy"],
                       "epochs": len(result.history), "seconds": config["training"]["seconds"]}))
     return config
