@@ -9,10 +9,10 @@ from .volumes import read_nifti
 MODEL_KEY = "g3dvit_model"
 
 
-def _labels(filename: str, name: str):
+def _labels(filename: str, name: str, visible: bool = True):
     data, kwargs, _ = read_nifti(sample_path(filename))
     kwargs.pop("rendering", None)
-    kwargs.update(name=name, opacity=0.5)
+    kwargs.update(name=name, opacity=0.5, visible=visible)
     return data.astype("uint8"), kwargs, "labels"
 
 
@@ -28,7 +28,8 @@ def brain_ventricles():
     """An MNI152 T1 (3 mm) with enlarged ventricles, its brain mask and ventricle mask."""
     return [
         _volume("brain_ventricles", "brain (enlarged ventricles)"),
-        _labels("mni152_brain_mask_3mm.nii.gz", "brain mask"),
+        # hidden at first: in 3D the whole-brain mask would cover the anatomy and the heatmap
+        _labels("mni152_brain_mask_3mm.nii.gz", "brain mask", visible=False),
         _labels("brain_ventricles_example_mask.nii.gz", "ventricles"),
     ]
 

@@ -69,9 +69,6 @@ def _napari(args: argparse.Namespace) -> int:
         print(f"error: {widget.last_error}", file=sys.stderr)
     if args.screenshot:
         viewer.window.resize(1500, 900)
-        for layer in viewer.layers:
-            if layer.name in ("brain mask",):
-                layer.visible = False
         Path(args.screenshot).parent.mkdir(parents=True, exist_ok=True)
         viewer.window.screenshot(args.screenshot, canvas_only=False, flash=False)
         print(f"{widget.result.value}\nwrote {args.screenshot}")

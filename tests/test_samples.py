@@ -52,6 +52,8 @@ def test_open_sample_menu_entries(make_napari_viewer, key):
     labels = [layer for layer in layers if type(layer).__name__ == "Labels"]
     assert len(images) == 1 and labels
     assert images[0].metadata["g3dvit_model"].endswith(f"{key}.safetensors")
+    if key == "brain_ventricles":  # the whole-brain mask would hide everything in 3D
+        assert not viewer.layers["brain mask"].visible and viewer.layers["ventricles"].visible
     for layer in labels:
         np.testing.assert_allclose(layer.scale, images[0].scale)
         np.testing.assert_allclose(layer.translate, images[0].translate)
