@@ -11,7 +11,6 @@ MODEL_KEY = "g3dvit_model"
 
 def _labels(filename: str, name: str, visible: bool = True):
     data, kwargs, _ = read_nifti(sample_path(filename))
-    kwargs.pop("rendering", None)
     kwargs.update(name=name, opacity=0.5, visible=visible)
     return data.astype("uint8"), kwargs, "labels"
 
@@ -20,7 +19,6 @@ def _volume(model: str, name: str):
     data, kwargs, _ = read_nifti(sample_path(f"{model}_example.nii.gz"))
     kwargs["name"] = name
     kwargs["metadata"][MODEL_KEY] = str(sample_path(f"{model}.safetensors"))
-    kwargs.update(colormap="gray", rendering="attenuated_mip", attenuation=0.5)
     return data, kwargs, "image"
 
 

@@ -42,15 +42,31 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def _native_array(volume) -> np.ndarray:
+    """``volume`` as a C-contiguous numeric array in native byte order (copied only if needed).
+
+    Flipped views (``vol[::-1]``, a reoriented NIfTI), big-endian NIfTI data and memory maps all
+    end up here; torch refuses the first two as they are.
+    """
+    try:
+        array = np.asarray(volume)
+    except (TypeError, ValueError) as err:
+        raise VolumeError(f"the volume must be a numeric array, got {type(volume).__name__}") from err
+    if array.dtype.kind == "b":
+        array = array.astype(np.uint8)
+    if array.dtype.kind not in "iufc":
+        raise VolumeError(f"the volume must hold numbers, got an array of {array.dtype} ({type(volume).__name__})")
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
+
+
 def _as_series(volume) -> tuple[torch.Tensor, bool]:
     """A volume (D, H, W) or series (T, D, H, W) as float32 [T, D, H, W], and whether it was 4D."""
     if isinstance(volume, torch.Tensor):
+        if volume.device.type == "meta":
+            raise VolumeError("the volume is a tensor on the 'meta' device and holds no values")
         array = volume.detach().cpu()
     else:
-        try:
-            array = torch.as_tensor(np.asarray(volume))
-        except (TypeError, ValueError) as err:
-            raise VolumeError(f"the volume must be a numeric array, got {type(volume).__name__}") from err
+        array = torch.from_numpy(_native_array(volume))
     if array.dtype.is_complex:
         raise VolumeError("the volume holds complex numbers; pass its magnitude")
     if array.ndim not in (3, 4):

@@ -26,6 +26,8 @@ METADATA_KEY = "nifti"
 #: an 8-bit MRI or CT export has far more. Larger atlases are recognised by their file name.
 MAX_LABEL_VALUES = 32
 LABEL_NAME_HINTS = ("label", "atlas", "mask", "seg", "aseg", "parc", "annot", "roi")
+#: A repetition time above this many seconds is taken to be in milliseconds (a common header slip).
+MAX_TR_SECONDS = 100.0
 _warned_oblique: set[str] = set()
 
 
@@ -43,15 +45,64 @@ def _obliquity_degrees(affine: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip(np.abs(axes).max(axis=0), -1, 1))).max())
 
 
+def _whole_numbers(data: np.ndarray) -> bool:
+    return data.dtype.kind in "iub" or (data.dtype.kind == "f" and bool(np.all(np.mod(data, 1) == 0)))
+
+
 def _is_labels(data: np.ndarray, header, name: str) -> bool:
-    """Label intent, a boolean volume, or integers that are few or named like labels."""
+    """Label intent, a boolean volume, or whole numbers that are few or named like labels.
+
+    Whole numbers stored as floats count (fslmaths and many pipelines write masks as float32);
+    a float volume with any fractional value (a probability map, an MRI) stays an image.
+    """
     intent = header.get_intent()[0] if hasattr(header, "get_intent") else ""
     if intent == "label" or (data.ndim == 3 and data.dtype.kind == "b"):
         return True
-    if data.ndim != 3 or data.dtype.kind not in "iu":
+    if data.ndim != 3 or data.dtype.kind not in "iuf" or not _whole_numbers(data):
         return False
     named = any(hint in name.lower() for hint in LABEL_NAME_HINTS)
     return named or len(np.unique(data)) <= MAX_LABEL_VALUES
+
+
+def _as_label_values(data: np.ndarray) -> np.ndarray:
+    """Whole-number data as the smallest integer type that holds it (napari's Labels need integers)."""
+    if data.dtype.kind in "iu":
+        return np.asarray(data)
+    if data.dtype.kind == "b":
+        return data.astype(np.uint8)
+    low, high = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
+    for dtype in (np.uint8, np.uint16, np.int16, np.int32, np.int64):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return data.astype(dtype)
+    raise NiftiError(f"label values up to {high:g} do not fit a 64-bit integer")
+
+
+def anatomy_display(data: np.ndarray) -> dict[str, Any]:
+    """napari Image settings that show an anatomical volume well in 2D and 3D.
+
+    A plain MIP of a T1 is a white blob; attenuated MIP with limits at robust percentiles of the
+    non-zero voxels keeps the surface readable and leaves room for a heatmap blended over it.
+    """
+    sample = np.asarray(data[data.shape[0] // 2] if data.ndim == 4 else data)
+    values = sample[np.isfinite(sample) & (sample != 0)]
+    low, high = (np.percentile(values, [1.0, 99.5]) if values.size else (0.0, 1.0))
+    if not high > low:
+        low, high = float(low), float(low) + 1.0
+    return {"colormap": "gray", "rendering": "attenuated_mip", "attenuation": 0.5,
+            "contrast_limits": [float(low), float(high)]}
+
+
+def _seconds(zoom: float, time_unit: str) -> float | None:
+    """A time zoom in seconds (None when it is no usable repetition time)."""
+    factor = {"msec": 1e-3, "usec": 1e-6}.get(time_unit, 1.0)
+    value = float(zoom) * factor
+    if not (np.isfinite(value) and value > 0):
+        return None
+    if value > MAX_TR_SECONDS:  # headers often say "sec" for a TR written in milliseconds
+        log.info("repetition time %g with time unit %r read as %g ms", zoom, time_unit, zoom)
+        value = float(zoom) * 1e-3
+    return value
 
 
 def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any], str]:
@@ -90,7 +141,8 @@ def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any], str
         "dtype": str(header.get_data_dtype()),
         "oblique_degrees": round(degrees, 3),
         "time_axis": 0 if data.ndim == 4 else None,
-        "tr": zooms[time_zoom] if data.ndim == 4 and len(zooms) > time_zoom else None,
+        "tr": (_seconds(zooms[time_zoom], header.get_xyzt_units()[1])
+               if data.ndim == 4 and len(zooms) > time_zoom else None),
         "description": header["descrip"].tobytes().rstrip(b"\0").decode("latin-1", "replace") if "descrip" in header else "",
     }
     if degrees > 1e-3 and str(path) not in _warned_oblique:
@@ -98,14 +150,16 @@ def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any], str
         log.warning("%s has an oblique affine (%.1f degrees off the axes); it is shown axis-aligned, "
                     "and the exact affine is kept in the layer's metadata", path.name, degrees)
     scale, translate = list(voxel), list(affine[:3, 3])
-    if data.ndim == 4:
+    if data.ndim == 4:  # time first, in seconds when the header gives a repetition time
         data = np.moveaxis(data, -1, 0)
-        scale, translate = [1.0] + scale, [0.0] + translate
+        scale, translate = [facts["tr"] or 1.0] + scale, [0.0] + translate
     name = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
     kind = "labels" if _is_labels(data, header, name) else "image"
     kwargs = {"name": name, "scale": scale, "translate": translate, "metadata": {METADATA_KEY: facts}}
-    if kind == "image" and data.ndim == 3:
-        kwargs["rendering"] = "mip"
+    if kind == "labels":
+        data = _as_label_values(data)
+    else:
+        kwargs.update(anatomy_display(data))
     return data, kwargs, kind
 
 

@@ -21,10 +21,10 @@ def test_reader_on_example4d(make_napari_viewer, caplog):
         layers = viewer.open(str(EXAMPLE4D), plugin="napari-g3dvit")
     layer = layers[0]
     assert layer.data.shape == (2, 128, 96, 24)  # time first, then canonical x, y, z
-    np.testing.assert_allclose(layer.scale, [1, 2, 2, 2.2], atol=1e-3)
+    np.testing.assert_allclose(layer.scale, [2.0, 2, 2, 2.2], atol=1e-3)  # time in seconds (TR 2 s)
     facts = layer.metadata["nifti"]
     np.testing.assert_allclose(facts["affine"], nib.load(EXAMPLE4D).affine)
-    assert facts["orientation"] == "LAS" and facts["tr"] == 2000.0 and facts["oblique_degrees"] > 5
+    assert facts["orientation"] == "LAS" and facts["tr"] == 2.0 and facts["oblique_degrees"] > 5
     source = np.asanyarray(nib.load(EXAMPLE4D).dataobj)
     np.testing.assert_array_equal(layer.data[1], source[::-1, :, :, 1])  # L -> R flips x
     assert "oblique" in caplog.text

@@ -147,7 +147,8 @@ def train_recipe(name: str, out: Path, device: str = "cpu", epochs: int | None =
                               progress=progress, desc=name, target_accuracy=recipe.stop_at)
     config = {
         "architecture": "vit-pytorch-3d", "vit": vit_config, "head": None,
-        "preprocessing": {"normalize": "none"}, "class_names": recipe.class_names(),
+        "preprocessing": {"normalize": "none"}, "input_orientation": "RAS",  # arrays as the sample files store them
+        "class_names": recipe.class_names(),
         "description": recipe.description, "dataset": extra["dataset"],
         "training": {"epochs_run": len(result.history), "samples_per_epoch": recipe.per_epoch,
                      "batch_size": recipe.batch_size, "lr": recipe.lr, "optimizer": "AdamW, one-cycle",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pickle
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,8 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         return tensors, metadata
     except Exception as err:  # safetensors raises its own error types for broken files
         raise CheckpointError(
-            f"{path} is not a readable safetensors file; it may be truncated or corrupt ({err})"
+            f"{path} is not a checkpoint (truncated, corrupt, or another format); safetensors could "
+            f"not read it ({err})"
         ) from err
 
 
@@ -65,9 +65,10 @@ def _refusal(path: Path, err: Exception) -> CheckpointError:
 def _unreadable(path: Path, err: Exception) -> CheckpointError:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     detail = next((line for line in lines if "Unsupported operand" in line), lines[0] if lines else "")
+    detail = f"{type(err).__name__}: {detail}" if detail else type(err).__name__
     return CheckpointError(
-        f"{path} cannot be read as a PyTorch checkpoint; it may be truncated or corrupt, or not a "
-        f"checkpoint at all ({detail[:200]})"
+        f"{path} is not a checkpoint (truncated, corrupt, or another format); PyTorch could not "
+        f"read it ({detail[:200]})"
     )
 
 
@@ -79,7 +80,7 @@ def _read_torch(path: Path, trust_pickle: bool) -> Any:
             raise _unreadable(path, err) from err
         if not trust_pickle:
             raise _refusal(path, err) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+    except Exception as err:  # torch's legacy unpickler fails on foreign bytes with any error type
         raise _unreadable(path, err) from err
     warnings.warn(
         f"unpickling {path} with trust_pickle=True: this runs any code the file holds",

@@ -10,7 +10,8 @@ Schema (a JSON file beside the checkpoint, or a dict)::
      "patch_layout": "pf p1 p2 c",       # "p1 p2 pf c": vit-pytorch 1.16.1 or older
      "preprocessing": {"axes": [0, 1, 2], "crop": [[1, 0], [10, 9], [1, 0]],
                        "normalize": "zscore"},
-     "class_names": ["young", "old"]}
+     "class_names": ["young", "old"],
+     "input_orientation": "RAS"}          # or "LAS", ..., "stored": how the training arrays ran
 
 Fields the tensors determine may be left out and are inferred; what they cannot determine must
 be given, and the error lists exactly what is missing.
@@ -131,7 +132,19 @@ def validate(config: Mapping) -> dict:
         if not isinstance(names, list) or len(names) != classes:
             raise ConfigError(f"config class_names must list {classes} names, one per class")
     cfg.setdefault("preprocessing", None)
+    check_input_orientation(cfg)
     return cfg
+
+
+def check_input_orientation(cfg: dict) -> None:
+    """Normalise ``cfg["input_orientation"]`` in place (absent: the model's orientation is unknown)."""
+    from ..orientation import ORIENTATION_KEY, check_orientation
+
+    if cfg.get(ORIENTATION_KEY) is not None:
+        try:
+            cfg[ORIENTATION_KEY] = check_orientation(cfg[ORIENTATION_KEY])
+        except ValueError as err:
+            raise ConfigError(f"config {err}") from None
 
 
 def input_shape(cfg: Mapping) -> tuple[int, int, int]:

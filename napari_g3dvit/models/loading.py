@@ -26,6 +26,7 @@ from .config import (
     CURRENT_LAYOUT,
     LEGACY_LAYOUT,
     ConfigError,
+    check_input_orientation,
     find_config_beside,
     input_shape,
     pair,
@@ -313,6 +314,7 @@ def validate_partial(config: Mapping) -> dict:
     """Config check for a whole (trusted) pickled module, where the weights say the rest."""
     cfg = dict(config)
     Preprocessing.from_config(cfg.get("preprocessing"))
+    check_input_orientation(cfg)
     return cfg
 
 
