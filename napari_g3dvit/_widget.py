@@ -1,16 +1,18 @@
-"""The dock widget: a volume layer and a ViT checkpoint in, a heatmap layer over the anatomy out.
+"""The dock widget: controls wired to ``runner`` (which holds the logic and needs no display).
 
-Everything heavy (torch, the model) is imported when first needed, so napari starts fast.
-Work runs in a napari ``thread_worker``; layers are only touched in the main thread, from the
-worker's signals. Every callback is a plain method, so tests (and scripts) can drive the widget.
+napari builds it from Plugins > Explain 3D ViT and passes the viewer to ``napari_viewer``.
+Loading a model and explaining both run in background workers; layers are only touched in the
+main thread, from the workers' signals. Every worker ends with a value (a result or a
+``RunFailure``), never with an exception, so the widget is usable again after any error.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import napari
 import numpy as np
 from magicgui.widgets import (
     ComboBox,
@@ -20,59 +22,81 @@ from magicgui.widgets import (
     Label,
     ProgressBar,
     PushButton,
+    SpinBox,
     Table,
 )
 
 from .options import DEFAULT_THRESHOLD, METHODS, POOLINGS, UPSAMPLE_MODES
-
-if TYPE_CHECKING:  # pragma: no cover
-    import napari
+from .runner import (
+    DEFAULT_STEP,
+    MODEL_KEY,
+    RESULT_KEY,
+    ExplainRun,
+    RunFailure,
+    VolumeSource,
+    data_to_world_matrix,
+    describe_error,
+    open_model,
+    region_rows,
+    same_run,
+    spatial_matrix,
+)
 
 log = logging.getLogger("napari_g3dvit")
 
 PREDICTED = "predicted class"
 CURRENT, ALL = "current timepoint", "all timepoints"
-RESULT_KEY = "g3dvit"  # metadata key of a heatmap layer's settings
-#: timepoints explained per worker step: Cancel takes effect between steps
-CHUNK = 4
+NO_MODEL = "no model loaded: pick a checkpoint"
 
-
-def heat_colormap():
-    """inferno with its first colour set to exact black: with additive blending, no heat adds nothing."""
-    from napari.utils.colormaps import AVAILABLE_COLORMAPS, Colormap
-
-    colors = np.array(AVAILABLE_COLORMAPS["inferno"].colors, copy=True)
-    colors[0, :3] = 0.0
-    return Colormap(colors, name="g3dvit heat")
-
-
-def _notify_error(message: str) -> None:
-    try:
-        from napari.utils.notifications import show_error
-
-        show_error(message)
-    except Exception:  # pragma: no cover - no napari notification manager
-        log.error(message)
+TOOLTIPS = {
+    "volume": "The image layer to explain: a 3D volume, or a 4D series with time first.",
+    "checkpoint": "The trained ViT: .safetensors, or .pt/.pth/.ckpt holding weights only. Its config "
+                  "(<name>.json or config.json) is looked for beside it.",
+    "config": "The model's JSON config, when none was found beside the checkpoint.",
+    "summary": "Architecture, input size, classes, size and device of the loaded model.",
+    "model_orientation": "Which way the voxels the model gets run (its config's input_orientation), "
+                   "and the layer's own orientation.",
+    "hook_layer": "The layer whose activations and gradients make the map (default: the last "
+                  "block's attention-input LayerNorm).",
+    "method": "How token scores are made from activations and gradients (see README, Methods).",
+    "pooling": "How G3D-ViT pools each token's gradients over channels (g3dvit only).",
+    "target": "The class the map explains: the model's prediction, or a class you name.",
+    "threshold": "Keep this percentage of the hottest tokens (5 as published; 100 keeps all).",
+    "upsample": "From the token grid to voxels: trilinear, or nearest (each token fills its patch).",
+    "device": "Where the model runs: a CUDA GPU when there is one, else the CPU.",
+    "timepoints": "For a 4D series: only the timepoint at the time slider, or every timepoint.",
+    "batch_size": "Timepoints per forward pass and per step; lower it when memory runs out.",
+    "run_button": "Compute the map in the background and add it as a heatmap layer.",
+    "cancel_button": "Stop the run at its next step; nothing is added.",
+    "progress": "Timepoints explained so far.",
+    "result": "The prediction, or what went wrong.",
+    "regions": "A Labels layer (atlas or annotation), on any grid in the same world space.",
+    "region_button": "Table of heat per label for the last heatmap (labels resampled onto its voxels).",
+    "region_table": "Voxels, mean and peak heat, and share of all heat per label.",
+    "csv_path": "Where the region table is written.",
+    "export_button": "Write the region table as CSV to the path above.",
+}
 
 
 class ExplainWidget(Container):
     """Explain a 3D ViT's decision on a volume layer; show the heatmap over the anatomy."""
 
-    def __init__(self, viewer: "napari.viewer.Viewer"):
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
-        self._viewer = viewer
-        self.model = None
-        self.model_path: Path | None = None
-        self._summary = None
-        self._worker = None
+        self._viewer = napari_viewer
+        self.loaded = None  # runner.LoadedModel shown in the checkpoint field, or None
+        self._worker = None  # the explain run in progress
+        self._loader = None  # the model load in progress
+        self._pending_load = None  # (path, config) asked for while another load ran
         self.last_layer = None
         self.last_error = ""
+        self._region_rows: list[dict] = []
 
         self.volume = ComboBox(label="volume", choices=self._image_layers, nullable=True)
-        self.checkpoint = FileEdit(label="checkpoint", mode="r",
-                                   filter="*.safetensors *.pt *.pth *.ckpt *.bin")
+        self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.safetensors *.pt *.pth *.ckpt *.bin")
         self.config = FileEdit(label="config (JSON)", mode="r", filter="*.json", visible=False)
-        self.summary = Label(label="model", value="no model loaded")
+        self.summary = Label(label="model", value=NO_MODEL)
+        self.model_orientation = Label(label="orientation", value="")
         self.hook_layer = ComboBox(label="hook layer", choices=[])
         self.method = ComboBox(label="method", choices=METHODS, value="g3dvit")
         self.pooling = ComboBox(label="pooling", choices=POOLINGS, value="mean")
@@ -81,54 +105,68 @@ class ExplainWidget(Container):
         self.upsample = ComboBox(label="upsampling", choices=UPSAMPLE_MODES, value="trilinear")
         self.device = ComboBox(label="device", choices=["cpu"], value="cpu")
         self.timepoints = ComboBox(label="timepoints", choices=[CURRENT, ALL], value=CURRENT, visible=False)
-        self.run_button = PushButton(text="Explain")
+        self.batch_size = SpinBox(label="batch size", value=DEFAULT_STEP, min=1, max=256, visible=False)
+        self.run_button = PushButton(text="Explain", enabled=False)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
         self.result = Label(label="result", value="")
         self.regions = ComboBox(label="regions", choices=self._labels_layers, nullable=True)
         self.region_button = PushButton(text="Region table")
         self.region_table = Table(value=[], visible=False)
-        self.csv_path = FileEdit(label="export to", mode="w", filter="*.csv", value="regions.csv")
+        self.csv_path = FileEdit(label="export to", mode="w", filter="*.csv", value=Path.home() / "regions.csv")
         self.export_button = PushButton(text="Export CSV", enabled=False)
-        self.extend([self.volume, self.checkpoint, self.config, self.summary, self.hook_layer, self.method,
-                     self.pooling, self.target, self.threshold, self.upsample, self.device, self.timepoints,
-                     self.run_button, self.cancel_button, self.progress, self.result, self.regions,
-                     self.region_button, self.region_table, self.csv_path, self.export_button])
-        self._region_rows: list[dict] = []
+        self.extend([self.volume, self.checkpoint, self.config, self.summary, self.model_orientation, self.hook_layer,
+                     self.method, self.pooling, self.target, self.threshold, self.upsample, self.device,
+                     self.timepoints, self.batch_size, self.run_button, self.cancel_button, self.progress,
+                     self.result, self.regions, self.region_button, self.region_table, self.csv_path,
+                     self.export_button])
+        for name, tip in TOOLTIPS.items():
+            getattr(self, name).tooltip = tip
+        self._wrap_labels()
 
         self.volume.changed.connect(self._on_volume_changed)
         self.checkpoint.changed.connect(self._on_checkpoint_changed)
         self.config.changed.connect(self._on_checkpoint_changed)
         self.method.changed.connect(self._sync_pooling)
+        self.device.changed.connect(self._show_model_summary)
+        self.timepoints.changed.connect(lambda _v: self._sync_series_controls())
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.region_button.changed.connect(self.show_regions)
         self.export_button.changed.connect(self.export_regions)
-        from qtpy.QtWidgets import QSizePolicy
-
-        self.summary.native.setWordWrap(True)  # the one long line; the others stay short
-        self.summary.native.setMinimumHeight(2 * self.summary.native.fontMetrics().height() + 4)
-        for label in (self.summary, self.result):  # as wide as the column, whatever text came first
-            label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-            label.native.setMinimumWidth(240)
-        self.reset_choices()  # napari's add_dock_widget connects this to the layer-list events
+        events = napari_viewer.layers.events
+        for event in (events.inserted, events.removed):  # also when not docked through napari
+            event.connect(self.reset_choices)
+        self.reset_choices()
         self._on_volume_changed(self.volume.value)
 
-    def reset_choices(self, *_args) -> None:
-        """Refresh the layer dropdowns (napari calls this on every layer-list change).
+    def _wrap_labels(self) -> None:
+        from qtpy.QtWidgets import QSizePolicy
 
-        Only those two: the other dropdowns hold model-dependent choices that a layer event
-        must not wipe.
+        for label in (self.summary, self.model_orientation, self.result):  # long lines wrap, never cut
+            label.native.setWordWrap(True)
+            label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+            label.native.setMinimumWidth(240)
+
+    def reset_choices(self, *_args) -> None:
+        """Refresh the two layer dropdowns (napari calls this on every layer-list change).
+
+        The other dropdowns hold model-dependent choices that a layer event must not wipe. An
+        empty volume choice takes the first volume that appears.
         """
         self.volume.reset_choices()
         self.regions.reset_choices()
+        if self.volume.value is None and self.volume.choices[1:]:
+            self.volume.value = self.volume.choices[-1]
 
-    # -- choices that follow the viewer ---------------------------------------------------------
+    # -- choices that follow the viewer -------------------------------------------------------------------
 
     def _image_layers(self, _widget=None) -> list:
+        """Image layers that can be explained: not RGB, not a heatmap this widget made."""
         from napari.layers import Image
 
-        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
+        return [(layer.name, layer) for layer in self._viewer.layers
+                if isinstance(layer, Image) and not layer.rgb and RESULT_KEY not in layer.metadata]
 
     def _labels_layers(self, _widget=None) -> list:
         from napari.layers import Labels
@@ -138,21 +176,28 @@ class ExplainWidget(Container):
     def _sync_pooling(self, method: str) -> None:
         self.pooling.enabled = method == "g3dvit"
 
+    def _sync_series_controls(self) -> None:
+        layer = self.volume.value
+        series = layer is not None and layer.ndim == 4
+        self.timepoints.visible = series
+        self.batch_size.visible = series and self.timepoints.value == ALL
+
     def _show_error(self, message: str) -> None:
+        """One place for an error: the widget's result line (wrapped), and the log."""
         self.last_error = message
         self.result.value = f"error: {message}"
-        _notify_error(message)
+        log.warning("napari-g3dvit: %s", message)
 
-    # -- volume and model --------------------------------------------------------------------------
+    # -- volume and model -----------------------------------------------------------------------------------
 
     def _on_volume_changed(self, layer) -> None:
-        self.timepoints.visible = layer is not None and layer.ndim == 4
+        self._sync_series_controls()
+        self._show_orientation()
         if layer is None:
             return
-        from ._sample_data import MODEL_KEY
-
         offered = layer.metadata.get(MODEL_KEY)
-        if offered and (self.model_path is None or Path(offered) != self.model_path):
+        shown = Path(self.checkpoint.value) if str(self.checkpoint.value) not in ("", ".") else None
+        if offered and shown != Path(offered):
             self.checkpoint.value = offered  # picking a sample volume offers its sample model
 
     def _on_checkpoint_changed(self, _value=None) -> None:
@@ -160,48 +205,112 @@ class ExplainWidget(Container):
         if not path.is_file():
             return
         config = Path(self.config.value)
-        self.load_model(path, config if config.is_file() and config.suffix == ".json" else None)
+        self._start_load(path, config if config.is_file() and config.suffix == ".json" else None)
 
-    def load_model(self, path: Path, config: Path | None = None) -> bool:
-        """Load a checkpoint (and config); errors show in the widget and as notifications."""
-        import napari_g3dvit as g3d
+    def load_model(self, path, config=None, block: bool = True) -> bool:
+        """Show ``path`` in the checkpoint field and load it in the background.
+
+        With ``block`` (scripts, tests) wait for the load and return whether it succeeded.
+        """
+        with self.checkpoint.changed.blocked(), self.config.changed.blocked():
+            if config is not None:
+                self.config.value = config
+            self.checkpoint.value = path
+        self._start_load(Path(path), Path(config) if config is not None else None)
+        if block:
+            self.wait()
+        return self.loaded is not None and self.loaded.path == Path(path)
+
+    def _start_load(self, path: Path, config: Path | None) -> None:
+        """Load in a worker; until it succeeds no model is shown, so none can be used by mistake."""
+        if self._loader is not None:
+            self._pending_load = (path, config)
+            return
+        from napari.qt.threading import create_worker
+
+        self.loaded = None
+        self.hook_layer.choices, self.target.choices = [], [PREDICTED]
+        self.summary.value = f"loading {path.name}..."
+        self.model_orientation.value = ""
+        self._sync_buttons()
+
+        def load():
+            try:
+                return open_model(path, config)
+            except Exception as err:  # handed back as a value: a raised RuntimeError would be lost
+                return RunFailure(describe_error(err))
+
+        self._loader = create_worker(load, _ignore_errors=True)
+        self._loader.returned.connect(lambda outcome: self._on_loaded(path, config, outcome))
+        self._loader.errored.connect(lambda err: self._on_loaded(path, config, RunFailure(describe_error(err))))
+        self._loader.finished.connect(self._on_load_finished)
+        self._loader.start()
+
+    def _on_load_finished(self) -> None:
+        self._loader = None
+        pending, self._pending_load = self._pending_load, None
+        if pending is not None:
+            self._start_load(*pending)
+        self._sync_buttons()
+
+    def _on_loaded(self, path: Path, config: Path | None, outcome) -> None:
+        if self._pending_load is not None:  # the field already shows another file
+            return
+        if isinstance(outcome, RunFailure):
+            self.summary.value = f"no model: {path.name} could not be loaded"
+            self.config.visible = "needs a config" in outcome.message or config is not None
+            self._show_error(outcome.message)
+            return
         from napari_g3dvit.api import available_devices
-        from napari_g3dvit.models.config import ConfigError
 
-        try:
-            model = g3d.load_model(path, config=config)
-            summary = g3d.describe_model(model)
-        except ConfigError as err:
-            self.config.visible = "needs a config" in str(err) or config is not None
-            self._show_error(str(err))
-            return False
-        except (g3d.G3DViTError, OSError) as err:
-            self._show_error(str(err))
-            return False
-        self.model, self.model_path, self._summary = model, Path(path), summary
+        self.loaded = outcome
+        summary = outcome.summary
         self.hook_layer.choices = list(summary.layers)
         self.hook_layer.value = summary.default_layer
         self.target.choices = [PREDICTED, *summary.class_names]
         self.target.value = PREDICTED
-        recommended = (getattr(model, "g3dvit_config", None) or {}).get("recommended_explanation") or {}
-        if recommended.get("layer") in summary.layers:
+        recommended = outcome.recommended()
+        if "layer" in recommended:
             self.hook_layer.value = recommended["layer"]
-        if recommended.get("method") in METHODS:
+        if "method" in recommended:
             self.method.value = recommended["method"]
         self.device.choices = available_devices()
         self.device.value = self.device.choices[0]
-        self.summary.value = summary.line(self.device.value)
-        self.result.value = f"loaded {Path(path).name}"
+        self._show_model_summary()
+        self._show_orientation()
+        self.result.value = f"loaded {path.name}"
         self.last_error = ""
-        return True
 
-    # -- running ---------------------------------------------------------------------------------------
+    def _show_model_summary(self, _value=None) -> None:
+        if self.loaded is not None:
+            self.summary.value = self.loaded.summary.line(self.device.value)
+
+    def _show_orientation(self) -> None:
+        """Say which orientation the model will get for the selected volume."""
+        layer = self.volume.value
+        if self.loaded is None or layer is None or layer.ndim not in (3, 4):
+            self.model_orientation.value = ""
+            return
+        run = ExplainRun(self.loaded, VolumeSource.from_layer(layer), {})
+        self.model_orientation.value = run.orientation_note()
+
+    def _sync_buttons(self) -> None:
+        busy = self._worker is not None
+        self.run_button.enabled = not busy and self._loader is None and self.loaded is not None
+        self.cancel_button.enabled = busy
+
+    # -- running --------------------------------------------------------------------------------------------
+
+    @property
+    def model(self):
+        """The loaded model (None while loading, or after a failed load)."""
+        return None if self.loaded is None else self.loaded.model
 
     def settings(self) -> dict[str, Any]:
         """The explain() settings the widget currently shows."""
         target = None
         if self.target.value != PREDICTED:
-            target = list(self._summary.class_names).index(self.target.value)
+            target = list(self.loaded.summary.class_names).index(self.target.value)
         return {"method": self.method.value, "layer": self.hook_layer.value, "pooling": self.pooling.value,
                 "target": target, "threshold": float(self.threshold.value), "upsample": self.upsample.value,
                 "device": self.device.value}
@@ -210,14 +319,6 @@ class ExplainWidget(Container):
         """Index along ``layer``'s first (time) axis at the viewer's current position."""
         index = layer.world_to_data(self._viewer.dims.point)[0]
         return int(min(max(round(float(index)), 0), layer.data.shape[0] - 1))
-
-    def _volume_array(self, layer) -> tuple[np.ndarray, int | None]:
-        """The volume to explain as (D, H, W) or (T, D, H, W), and the timepoint if one was taken."""
-        data = np.asarray(layer.data)
-        if data.ndim == 4 and self.timepoints.value == CURRENT:
-            t = self._current_timepoint(layer)
-            return data[t], t
-        return data, None
 
     def run(self, _value=None):
         """Start explaining the selected volume; returns the worker (None when refused)."""
@@ -230,63 +331,36 @@ class ExplainWidget(Container):
         if layer.ndim not in (3, 4):
             self._show_error(f"'{layer.name}' is {layer.ndim}D; napari-g3dvit explains 3D volumes and 4D series")
             return None
-        if self.model is None:
-            self._show_error("load a model checkpoint first")
+        if self.loaded is None:
+            self._show_error("wait for the model to load" if self._loader is not None
+                             else "load a model checkpoint first")
             return None
-        from napari.qt.threading import thread_worker
+        from napari.qt.threading import create_worker
 
-        volume, timepoint = self._volume_array(layer)
-        settings = self.settings()
-        # what the result will be labelled with, fixed now: another model may be loaded meanwhile
-        run = {"model": self.model, "path": self.model_path, "names": self._summary.class_names}
-
-        @thread_worker
-        def work():
-            import torch
-
-            import napari_g3dvit as g3d
-
-            # a volume is a run of one chunk; a series runs in chunks of timepoints
-            series = volume.ndim == 4
-            chunks = [volume[s : s + CHUNK] for s in range(0, len(volume), CHUNK)] if series else [volume]
-            total, done = (len(volume) if series else 1), 0
-            yield done, total  # Cancel can stop the run before its first (longest) step
-            model = run["model"]
-            home = next(model.parameters()).device
-            model.to(settings["device"])  # once per run, not once per chunk
-            try:
-                parts = []
-                for chunk in chunks:
-                    parts.append(g3d.explain(model, chunk, **settings))
-                    done += len(chunk) if series else 1
-                    yield done, total
-                return parts
-            finally:
-                model.to(home)
-                if torch.device(settings["device"]).type == "cuda":
-                    torch.cuda.empty_cache()
-
-        worker = work()
+        timepoint = self._current_timepoint(layer) if layer.ndim == 4 and self.timepoints.value == CURRENT else None
+        run = ExplainRun(self.loaded, VolumeSource.from_layer(layer), self.settings(), timepoint=timepoint,
+                         step=self.batch_size.value)
+        run.warn_if_orientation_unknown()
+        worker = create_worker(run.steps, _ignore_errors=True)
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda result: self._on_result(layer, result, settings, timepoint, run))
-        worker.errored.connect(lambda err: self._show_error(str(err)))
+        worker.returned.connect(self._on_outcome)
+        worker.errored.connect(lambda err: self._show_error(describe_error(err, run.settings["device"])))
         worker.aborted.connect(self._on_aborted)
         worker.finished.connect(self._on_finished)
         self._worker = worker
-        self.run_button.enabled = False
-        self.cancel_button.enabled = True
+        self._sync_buttons()
         self.progress.value = 0
-        self.result.value = "explaining..."
+        self.result.value = "explaining" + (f" timepoint {timepoint}..." if timepoint is not None else "...")
         worker.start()
         return worker
 
     def wait(self, poll: float = 0.02) -> None:
-        """Process Qt events until the current run has finished (for scripts and benchmarks)."""
+        """Process Qt events until the current load and run have finished (scripts, benchmarks)."""
         import time
 
         from qtpy.QtWidgets import QApplication
 
-        while self._worker is not None:
+        while self._worker is not None or self._loader is not None:
             QApplication.processEvents()
             time.sleep(poll)
 
@@ -304,77 +378,55 @@ class ExplainWidget(Container):
 
     def _on_finished(self) -> None:
         self._worker = None
-        self.run_button.enabled = True
-        self.cancel_button.enabled = False
+        self._sync_buttons()
 
-    # -- the result layer --------------------------------------------------------------------------
+    # -- the result layer ------------------------------------------------------------------------------------
 
-    def _on_result(self, anatomy, parts: list, settings: dict, timepoint: int | None, run: dict) -> None:
-        """Add (or update) the heatmap layer from the explanations of one run (chunks of a series)."""
-        exp, series = parts[0], parts[0].heatmap.ndim == 4
-        heat = np.concatenate([p.heatmap for p in parts]) if series else exp.heatmap
-        tokens = np.concatenate([p.token_map for p in parts]) if series else exp.token_map
-        probs = np.concatenate([p.probabilities for p in parts]) if series else exp.probabilities
-        target = np.concatenate([p.target for p in parts]) if series else exp.target
-        names = run["names"]
-        kept = tokens[tokens > 0]
-        low = float(kept.min()) if kept.size and settings["threshold"] < 100 else 0.0
-        limits = (low, 1.0) if low < 1.0 else (0.0, 1.0)
-        ndim = heat.ndim  # a 3D map of one timepoint takes the spatial part of a 4D transform
-        transform = {key: np.asarray(getattr(anatomy, key))[-ndim:] for key in ("scale", "translate")}
-        transform["affine"] = np.asarray(anatomy.affine.affine_matrix)[-ndim - 1 :, -ndim - 1 :]
-        record = {
-            "volume": anatomy.name, "model": str(run["path"]), **settings, "layer": exp.layer,
-            "series": series, "timepoint": timepoint,
-            "explained_class": np.atleast_1d(target).tolist(),
-            "explained_class_name": [names[int(t)] for t in np.atleast_1d(target)],
-            "probabilities": np.asarray(probs).tolist(),
-            "class_names": list(names),
-        }
-        metadata = {RESULT_KEY: record}
-        if "nifti" in anatomy.metadata:  # lets the NIfTI writer restore the source affine
-            metadata["nifti"] = anatomy.metadata["nifti"]
-        name = f"{anatomy.name} {exp.method} @ {exp.layer}"
+    def _on_outcome(self, outcome) -> None:
+        """Add (or update) the heatmap layer, or show why the run failed."""
+        if isinstance(outcome, RunFailure):
+            self._show_error(outcome.message)
+            return
+        self._clear_regions()  # a table of the previous map would no longer describe what is shown
         same = [lay for lay in self._viewer.layers
-                if RESULT_KEY in lay.metadata and self._same_run(lay.metadata[RESULT_KEY], record)]
+                if RESULT_KEY in lay.metadata and same_run(lay.metadata[RESULT_KEY], outcome.record)]
         if same:
             out = same[0]
-            out.data = heat
-            out.metadata = metadata
-            out.contrast_limits = limits
+            out.data = outcome.data
+            out.metadata = outcome.metadata
+            out.contrast_limits = outcome.contrast_limits
+            out.name = outcome.name
         else:
-            out = self._viewer.add_image(heat, name=name, colormap=heat_colormap(), blending="additive",
-                                         rendering="mip", contrast_limits=limits, metadata=metadata, **transform)
-        self.last_layer = out
-        if series:
-            self.result.value = f"{len(target)} timepoints explained"
-        else:
-            self.result.value = f"{names[int(target)]}, p = {probs[int(target)]:.2f}"
+            out = self._viewer.add_image(outcome.data, **outcome.layer_kwargs())
+        # napari hands plugins a proxy of the viewer, and each access wraps a layer anew: keep the
+        # layer itself, so the same layer compares as the same object run after run
+        self.last_layer = getattr(out, "__wrapped__", out)
+        self.result.value = outcome.summary
         self.result.tooltip = f"heatmap layer: {out.name}"
         self.last_error = ""
 
-    @staticmethod
-    def _same_run(old: dict, new: dict) -> bool:
-        """Same volume, model and settings (a new timepoint of the same run updates its layer)."""
-        keys = ("volume", "model", "method", "layer", "pooling", "target", "threshold", "upsample",
-                "device", "series")
-        return all(old.get(k) == new.get(k) for k in keys)
+    # -- regions ------------------------------------------------------------------------------------------------
 
-    # -- regions -----------------------------------------------------------------------------------------
+    def _clear_regions(self) -> None:
+        self._region_rows = []
+        self.region_table.value = []
+        self.region_table.visible = False
+        self.export_button.enabled = False
 
     def show_regions(self, _value=None) -> list[dict]:
         """Table of heat per label of the chosen Labels layer, for the last heatmap."""
-        from .regions import region_table
-
         labels = self.regions.value
-        if self.last_layer is None or labels is None:
+        self._clear_regions()
+        if self.last_layer is None or self.last_layer not in self._viewer.layers or labels is None:
             self._show_error("run an explanation and pick a Labels layer first")
             return []
-        heat = np.asarray(self.last_layer.data)
+        heat_layer = self.last_layer
+        heat = np.asarray(heat_layer.data)
         if heat.ndim == 4:
-            heat = heat[self._current_timepoint(self.last_layer)]
+            heat = heat[self._current_timepoint(heat_layer)]
         try:
-            rows = region_table(heat, np.asarray(labels.data))
+            rows = region_rows(heat, spatial_matrix(data_to_world_matrix(heat_layer)), np.asarray(labels.data),
+                               spatial_matrix(data_to_world_matrix(labels)))
         except ValueError as err:
             self._show_error(str(err))
             return []
@@ -385,6 +437,11 @@ class ExplainWidget(Container):
         ]
         self.region_table.visible = True
         self.export_button.enabled = bool(rows)
+        source = (heat_layer.metadata.get("nifti") or {}).get("path")
+        if source and Path(self.csv_path.value) == Path.home() / "regions.csv":  # beside the data
+            volume = heat_layer.metadata.get(RESULT_KEY, {}).get("volume", "heatmap")
+            self.csv_path.value = Path(source).with_name(f"{volume}_regions.csv")
+        self.result.value = f"{len(rows)} labels of '{labels.name}' on the heatmap of '{heat_layer.name}'"
         return rows
 
     def export_regions(self, _value=None) -> str | None:
@@ -393,6 +450,12 @@ class ExplainWidget(Container):
         if not self._region_rows:
             self._show_error("make a region table first")
             return None
-        path = write_csv(self._region_rows, Path(self.csv_path.value))
+        target = Path(self.csv_path.value).expanduser().resolve()
+        try:
+            path = write_csv(self._region_rows, target)
+        except OSError as err:
+            self._show_error(f"could not write {target}: {err.strerror or err}")
+            return None
         self.result.value = f"region table written to {path}"
+        self.result.tooltip = str(path)
         return path

@@ -42,19 +42,19 @@ def _demo(args: argparse.Namespace) -> int:
 def open_sample_viewer(sample: str, explain: bool = False, show: bool = True):
     """A napari viewer in 3D with ``sample`` opened and the explain widget docked, model loaded.
 
+    Everything goes through napari's own routes (File > Open Sample, Plugins > Explain 3D ViT).
     Returns (viewer, widget). With ``explain`` it also runs the explanation and waits for it.
     """
     import napari
 
-    from ._widget import ExplainWidget
-
     viewer = napari.Viewer(title="napari-g3dvit", show=show)
     viewer.open_sample("napari-g3dvit", sample)
-    widget = ExplainWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Explain 3D ViT", area="right")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-g3dvit", "Explain 3D ViT")
     image = next(layer for layer in viewer.layers if layer.metadata.get("g3dvit_model"))
     widget.volume.value = image  # offers (and loads) the sample's model
+    widget.wait()
     viewer.dims.ndisplay = 3
+    viewer.reset_view()  # the whole volume in view, whatever the sample's extent
     viewer.camera.angles = (0, -60, 60) if sample.startswith("brain") else (10, -30, 60)
     if explain and widget.run() is not None:
         widget.wait()

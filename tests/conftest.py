@@ -58,3 +58,9 @@ def vit_with_head() -> nn.Module:
 def volume() -> torch.Tensor:
     torch.manual_seed(2)
     return torch.randn(TINY_SHAPE)
+
+
+def open_widget(viewer):
+    """The explain widget exactly as Plugins > Explain 3D ViT opens it."""
+    _, widget = viewer.window.add_plugin_dock_widget("napari-g3dvit", "Explain 3D ViT")
+    return widget

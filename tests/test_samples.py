@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 import napari_g3dvit as g3d
-from napari_g3dvit._widget import ExplainWidget
 from napari_g3dvit.evaluation.metrics import model_predictor
 from napari_g3dvit.evaluation.recipes import RECIPES
 from napari_g3dvit.evaluation.synthetic import make_cubes
 from napari_g3dvit.sample_models import SAMPLE_MODELS, sample_path
+
+from conftest import open_widget
 
 HELD_OUT = 30_000  # a seed neither training (1..epochs) nor validation (10 000) used
 
@@ -62,11 +63,11 @@ def test_open_sample_menu_entries(make_napari_viewer, key):
 def run_sample(viewer, qtbot, key):
     """Open a sample, pick its volume (which loads its model and its recommended settings), run."""
     viewer.open_sample("napari-g3dvit", key)
-    widget = ExplainWidget(viewer)
-    viewer.window.add_dock_widget(widget)
+    widget = open_widget(viewer)
     image = next(layer for layer in viewer.layers if "g3dvit_model" in layer.metadata)
-    widget.volume.value = image  # offers and loads the sample model
-    assert widget.model is not None and widget.model_path.name == f"{key}.safetensors"
+    widget.volume.value = image  # offers and loads the sample model (in the background)
+    widget.wait()
+    assert widget.model is not None and widget.loaded.path.name == f"{key}.safetensors"
     widget.run()
     qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
     assert not widget.last_error
@@ -97,9 +98,9 @@ def test_3d_screenshot_heat_falls_on_the_cube(make_napari_viewer, qtbot):
     """
     viewer = make_napari_viewer(show=True)
     viewer.open_sample("napari-g3dvit", "cube_position")
-    widget = ExplainWidget(viewer)
-    viewer.window.add_dock_widget(widget)
+    widget = open_widget(viewer)
     widget.volume.value = next(layer for layer in viewer.layers if "g3dvit_model" in layer.metadata)
+    widget.wait()
     widget.hook_layer.value = "vit.to_patch_embedding.0"
     widget.method.value = "gradcam-elementwise"
     widget.upsample.value = "nearest"

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 import napari_g3dvit as g3d
-from napari_g3dvit._widget import ALL, RESULT_KEY, ExplainWidget
+from napari_g3dvit._widget import ALL, RESULT_KEY
 from napari_g3dvit.models.loading import ViTClassifier
 
-from conftest import TINY, TINY_SHAPE, make_vit
+from conftest import TINY, TINY_SHAPE, make_vit, open_widget
 
 CONFIG = {"vit": {**TINY, "image_size": [8, 16], "image_patch_size": [4, 4], "pool": "cls"},
-          "class_names": ["left", "middle", "right"]}
+          "class_names": ["left", "middle", "right"], "input_orientation": "RAS"}
 
 
 @pytest.fixture
@@ -29,8 +29,7 @@ def scene(make_napari_viewer, checkpoint):
     torch.manual_seed(0)
     anatomy = viewer.add_image(torch.randn(TINY_SHAPE).numpy(), name="anatomy", scale=(2.0, 1.5, 1.0),
                                translate=(-10.0, 5.0, 3.0))
-    widget = ExplainWidget(viewer)
-    viewer.window.add_dock_widget(widget)
+    widget = open_widget(viewer)
     widget.volume.value = anatomy
     assert widget.load_model(checkpoint)
     return viewer, widget, anatomy
@@ -140,7 +139,8 @@ def test_error_paths_show_in_the_widget(qtbot, scene, tmp_path):
     assert widget.run() is None and "2D" in widget.last_error
     (tmp_path / "notes.pth").write_text("not a checkpoint")
     assert not widget.load_model(tmp_path / "notes.pth")
-    assert "corrupt" in widget.last_error and widget.model is not None  # the old model stays
+    assert "corrupt" in widget.last_error and widget.model is None  # never the previous model
+    assert "notes.pth" in widget.summary.value and widget.run() is None
     torch.save(torch.nn.Conv3d(1, 2, 3).state_dict(), tmp_path / "conv.pth")
     assert not widget.load_model(tmp_path / "conv.pth")
     assert "pos_embedding" in widget.last_error or "config" in widget.last_error

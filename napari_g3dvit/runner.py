@@ -1,0 +1,409 @@
+"""One explain run from a viewer's point of view, without Qt.
+
+The dock widget only wires controls to these pieces; scripts, the command line and tests use them
+without a display:
+
+- ``open_model``: a checkpoint in, a ``LoadedModel`` out (model, summary, recommended settings,
+  the orientation it wants).
+- ``VolumeSource.from_layer``: a napari layer's array, placement in world coordinates and NIfTI
+  facts, frozen at the moment a run starts.
+- ``ExplainRun``: reorients the volume for the model, explains it in steps that can be stopped
+  between any two, and turns the result into a ``HeatLayer`` on the anatomy's own voxels and
+  transform. ``steps()`` never raises: a failure comes back as a ``RunFailure`` with a message
+  in the user's words, so a background worker always ends cleanly.
+- ``labels_on_grid`` / ``region_rows``: a colleague's label volume, on any grid in the same world
+  space, sampled onto the heatmap's voxels for the table of heat per label.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generator
+
+import numpy as np
+
+from .orientation import ORIENTATION_KEY, STORED, Reorientation, codes_of, reorientation_for
+
+log = logging.getLogger("napari_g3dvit")
+
+RESULT_KEY = "g3dvit"  # metadata key of a heatmap layer's record
+#: metadata key naming the sample model a volume goes with; the widget offers it.
+MODEL_KEY = "g3dvit_model"
+#: timepoints explained per step by default: a run can be stopped between steps
+DEFAULT_STEP = 4
+#: settings that make two runs "the same" (a re-run updates the earlier layer)
+SAME_RUN_KEYS = ("volume", "model", "method", "layer", "pooling", "target", "threshold", "upsample",
+                 "device", "series", "input_orientation")
+_warned_orientation: set[str] = set()
+
+
+# -- the model ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to explain, with what a person choosing settings needs to know about it."""
+
+    model: Any  # torch.nn.Module
+    path: Path
+    summary: Any  # api.ModelSummary
+
+    @property
+    def config(self) -> dict:
+        return getattr(self.model, "g3dvit_config", None) or {}
+
+    @property
+    def input_orientation(self) -> str | None:
+        """The orientation of the model's training arrays (config ``input_orientation``), if known."""
+        return self.config.get(ORIENTATION_KEY)
+
+    def recommended(self) -> dict[str, str]:
+        """The config's measured best ``layer`` and ``method``, where they name real choices."""
+        from .options import METHODS
+
+        found = self.config.get("recommended_explanation") or {}
+        out = {}
+        if found.get("layer") in self.summary.layers:
+            out["layer"] = found["layer"]
+        if found.get("method") in METHODS:
+            out["method"] = found["method"]
+        return out
+
+
+def open_model(path: str | Path, config: str | Path | None = None) -> LoadedModel:
+    """Load a checkpoint (and config) and describe it; raises G3DViTError or OSError."""
+    import napari_g3dvit as g3d
+
+    model = g3d.load_model(path, config=config)
+    return LoadedModel(model=model, path=Path(path), summary=g3d.describe_model(model))
+
+
+# -- the volume ---------------------------------------------------------------------------------------
+
+def data_to_world_matrix(layer) -> np.ndarray:
+    """``layer``'s data-to-world map as an (ndim+1, ndim+1) homogeneous matrix (public API only)."""
+    ndim = layer.ndim
+    origin = np.asarray(layer.data_to_world(np.zeros(ndim)), dtype=float)
+    matrix = np.eye(ndim + 1)
+    for axis in range(ndim):
+        unit = np.zeros(ndim)
+        unit[axis] = 1.0
+        matrix[:ndim, axis] = np.asarray(layer.data_to_world(unit), dtype=float) - origin
+    matrix[:ndim, ndim] = origin
+    return matrix
+
+
+def spatial_matrix(matrix: np.ndarray) -> np.ndarray:
+    """The (4, 4) spatial part of a homogeneous matrix whose last three axes are space."""
+    out = np.eye(4)
+    out[:3, :3] = matrix[-4:-1, -4:-1]
+    out[:3, 3] = matrix[-4:-1, -1]
+    return out
+
+
+@dataclass(frozen=True)
+class VolumeSource:
+    """A layer's volume as a run sees it. data: (D, H, W) or (T, D, H, W), time first."""
+
+    data: np.ndarray
+    name: str
+    to_world: np.ndarray  # (ndim+1, ndim+1) data-to-world
+    transform: dict  # scale, translate, rotate, shear, affine as the layer holds them
+    metadata: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_layer(cls, layer) -> "VolumeSource":
+        transform = {"scale": np.asarray(layer.scale, dtype=float),
+                     "translate": np.asarray(layer.translate, dtype=float),
+                     "rotate": np.asarray(layer.rotate, dtype=float),
+                     "shear": np.asarray(layer.shear, dtype=float),
+                     "affine": np.asarray(layer.affine.affine_matrix, dtype=float)}
+        return cls(data=layer.data, name=layer.name, to_world=data_to_world_matrix(layer),
+                   transform=transform, metadata=dict(layer.metadata))
+
+    @property
+    def codes(self) -> str:
+        """How the array's spatial axes run in world (RAS+) terms, e.g. "RAS" for a read NIfTI."""
+        return codes_of(self.to_world[-4:-1, -4:-1])
+
+    @property
+    def stored_codes(self) -> str | None:
+        """The orientation its source file stores, when it came from one."""
+        return (self.metadata.get("nifti") or {}).get("orientation")
+
+    def spatial_transform(self, ndim: int) -> dict:
+        """The layer transform for an ``ndim``-D layer on the same voxels (3: one timepoint)."""
+        out = {}
+        for key, value in self.transform.items():
+            if key in ("scale", "translate"):
+                out[key] = value[-ndim:]
+            elif key == "shear":
+                out[key] = value if ndim == len(self.data.shape) else None
+            else:
+                out[key] = value[-ndim - 1 :, -ndim - 1 :] if key == "affine" else value[-ndim:, -ndim:]
+        if out.get("shear") is None:
+            out.pop("shear")
+        return out
+
+
+# -- errors in the user's words ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunFailure:
+    """A run that ended with an error; ``message`` is meant for the user."""
+
+    message: str
+
+
+def describe_error(err: BaseException, device: str = "cpu") -> str:
+    """A message a user can act on, for any exception a run can raise."""
+    from .errors import G3DViTError
+
+    if isinstance(err, G3DViTError):
+        return str(err)
+    text = str(err).strip()
+    if type(err).__name__ == "OutOfMemoryError" or "out of memory" in text.lower():
+        return (f"the model ran out of memory on {device}. Explain fewer timepoints per step "
+                "(batch size 1), the current timepoint only, or pick the 'cpu' device.")
+    first = text.splitlines()[0] if text else ""
+    if isinstance(err, RuntimeError):
+        return f"the model failed on {device}: {first or type(err).__name__}"
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+# -- the result layer ------------------------------------------------------------------------------------
+
+def heat_colormap():
+    """inferno with its first colour set to exact black: with additive blending, no heat adds nothing."""
+    from napari.utils.colormaps import AVAILABLE_COLORMAPS, Colormap
+
+    colors = np.array(AVAILABLE_COLORMAPS["inferno"].colors, copy=True)
+    colors[0, :3] = 0.0
+    return Colormap(colors, name="g3dvit heat")
+
+
+@dataclass
+class HeatLayer:
+    """What napari needs to show a heatmap over its anatomy. data: (D, H, W) or (T, D, H, W)."""
+
+    data: np.ndarray
+    name: str
+    contrast_limits: tuple[float, float]
+    transform: dict
+    metadata: dict
+    summary: str  # one line for the user
+
+    @property
+    def record(self) -> dict:
+        return self.metadata[RESULT_KEY]
+
+    def layer_kwargs(self) -> dict:
+        """Keyword arguments for ``viewer.add_image(data, **kwargs)``."""
+        return {"name": self.name, "colormap": heat_colormap(), "blending": "additive", "rendering": "mip",
+                "contrast_limits": self.contrast_limits, "metadata": self.metadata, **self.transform}
+
+
+def same_run(old: dict, new: dict) -> bool:
+    """Same volume, model and settings (a new timepoint of the same run updates its layer)."""
+    return all(old.get(k) == new.get(k) for k in SAME_RUN_KEYS)
+
+
+# -- the run ------------------------------------------------------------------------------------------------
+
+class ExplainRun:
+    """Explain one volume (or one timepoint, or a whole series) with one model and fixed settings.
+
+    settings: ``explain`` keyword arguments (method, layer, pooling, target, threshold, upsample,
+    device); ``timepoint``: for a 4D source, explain only this index of the time axis;
+    ``step``: timepoints per step (and per forward pass) for a series.
+    """
+
+    def __init__(self, loaded: LoadedModel, source: VolumeSource, settings: dict[str, Any],
+                 timepoint: int | None = None, step: int = DEFAULT_STEP):
+        self.loaded, self.source, self.settings = loaded, source, dict(settings)
+        self.timepoint, self.step = timepoint, max(int(step), 1)
+        self.reorientation: Reorientation = reorientation_for(source.codes, source.stored_codes,
+                                                             loaded.input_orientation)
+
+    # what the model is given, for the user ------------------------------------------------------------
+
+    def orientation_note(self) -> str:
+        """One line saying which orientation the model gets, and why."""
+        wanted = self.loaded.input_orientation
+        got = self.reorientation.target
+        if wanted is None:
+            return (f"model gets {got} (the layer's array as it is): its config does not say how its "
+                    "training arrays were oriented (input_orientation)")
+        why = "as its source file stores it" if wanted == STORED else "from its config"
+        return f"model gets {got} ({why}); the layer is {self.reorientation.source}"
+
+    def warn_if_orientation_unknown(self) -> None:
+        """Warn once per model file when its config does not name ``input_orientation``."""
+        key = str(self.loaded.path)
+        if self.loaded.input_orientation is None and key not in _warned_orientation:
+            _warned_orientation.add(key)
+            warnings.warn(f"{self.loaded.path.name}: {self.orientation_note()}. Add "
+                          "\"input_orientation\" (e.g. \"RAS\", \"LAS\" or \"stored\") to its config.",
+                          UserWarning, stacklevel=2)
+
+    def volume(self) -> np.ndarray:
+        """The array to explain, in the layer's orientation: (D, H, W) or (T, D, H, W)."""
+        data = self.source.data
+        if data.ndim == 4 and self.timepoint is not None:
+            return np.asarray(data[self.timepoint])
+        return np.asarray(data)
+
+    # running ------------------------------------------------------------------------------------------
+
+    def steps(self) -> Generator[tuple[int, int], None, "HeatLayer | RunFailure"]:
+        """Yield ``(done, total)`` between steps; return a ``HeatLayer`` or a ``RunFailure``.
+
+        Closing the generator at a yield stops the run (the model goes back where it was).
+        """
+        device = str(self.settings.get("device") or "cpu")
+        try:
+            parts = yield from self._explain_steps()
+        except Exception as err:  # every failure ends the run with a message, never a dead worker
+            log.debug("explain run failed", exc_info=True)
+            return RunFailure(describe_error(err, device))
+        try:
+            return self._heat_layer(parts)
+        except Exception as err:
+            log.debug("building the heat layer failed", exc_info=True)
+            return RunFailure(describe_error(err, device))
+
+    def run(self, progress=None) -> HeatLayer:
+        """Run to the end in this thread; raises the failure's message as a RuntimeError."""
+        gen = self.steps()
+        try:
+            while True:
+                step = next(gen)
+                if progress is not None:
+                    progress(*step)
+        except StopIteration as stop:
+            outcome = stop.value
+        if isinstance(outcome, RunFailure):
+            raise RuntimeError(outcome.message)
+        return outcome
+
+    def _explain_steps(self):
+        import torch
+
+        import napari_g3dvit as g3d
+
+        if self.source.data.ndim not in (3, 4):
+            raise g3d.VolumeError(f"'{self.source.name}' is {self.source.data.ndim}D; napari-g3dvit "
+                                  "explains 3D volumes and 4D series (time first)")
+        volume = self.reorientation.to_model(self.volume())
+        series = volume.ndim == 4
+        starts = range(0, len(volume), self.step) if series else [0]
+        total, done = (len(volume) if series else 1), 0
+        yield done, total  # a stop can come before the first (longest) step
+        model = self.loaded.model
+        home = next(model.parameters()).device
+        model.to(self.settings.get("device") or "cpu")  # once per run, not once per step
+        try:
+            parts = []
+            for start in starts:
+                chunk = volume[start : start + self.step] if series else volume
+                parts.append(g3d.explain(model, chunk, **self.settings))
+                done += len(chunk) if series else 1
+                yield done, total
+            return parts
+        finally:
+            model.to(home)
+            if torch.device(self.settings.get("device") or "cpu").type == "cuda":
+                torch.cuda.empty_cache()
+
+    def _heat_layer(self, parts: list) -> HeatLayer:
+        """Merge the steps' explanations into one heat layer on the anatomy's voxels."""
+        first, series = parts[0], parts[0].heatmap.ndim == 4
+        join = (lambda values: np.concatenate(values)) if series else (lambda values: values[0])
+        heat = self.reorientation.to_volume(join([p.heatmap for p in parts]))
+        tokens = join([p.token_map for p in parts])
+        probs = np.asarray(join([np.atleast_2d(p.probabilities) for p in parts]))
+        target = np.atleast_1d(join([np.atleast_1d(p.target) for p in parts]))
+        names = list(self.loaded.summary.class_names)
+        kept = tokens[tokens > 0]
+        low = float(kept.min()) if kept.size and (self.settings.get("threshold") or 100) < 100 else 0.0
+        limits = (low, 1.0) if low < 1.0 else (0.0, 1.0)
+        record = {
+            "volume": self.source.name, "model": str(self.loaded.path), **self.settings,
+            "layer": first.layer, "series": series, "timepoint": self.timepoint,
+            "time_seconds": self._seconds(self.timepoint),
+            "input_orientation": self.reorientation.target, "volume_orientation": self.reorientation.source,
+            "token_map_orientation": self.reorientation.target,
+            "explained_class": target.tolist(),
+            "explained_class_name": [names[int(t)] for t in target],
+            "probabilities": (probs if series else probs[0]).tolist(),
+            "class_names": names,
+        }
+        metadata = {RESULT_KEY: record}
+        if "nifti" in self.source.metadata:  # lets the NIfTI writer restore the source affine
+            metadata["nifti"] = self.source.metadata["nifti"]
+        name = f"{self.source.name} {first.method} @ {first.layer}"
+        if self.timepoint is not None:
+            name += f" t={self.timepoint}"
+        if series:
+            summary = f"{len(target)} timepoints explained"
+        else:
+            t = int(target[0])
+            summary = f"{names[t]}, p = {probs[0][t]:.2f}"
+            if self.timepoint is not None:
+                summary += f" at timepoint {self.timepoint}" + (
+                    f" ({record['time_seconds']:g} s)" if record["time_seconds"] is not None else "")
+        return HeatLayer(data=heat.astype(np.float32, copy=False), name=name, contrast_limits=limits,
+                         transform=self.source.spatial_transform(heat.ndim), metadata=metadata,
+                         summary=summary)
+
+    def _seconds(self, timepoint: int | None) -> float | None:
+        """World time of a timepoint (seconds when the layer's time axis is scaled by TR)."""
+        if timepoint is None or self.source.data.ndim != 4:
+            return None
+        point = np.zeros(self.source.data.ndim + 1)
+        point[0], point[-1] = timepoint, 1.0
+        return round(float((self.source.to_world @ point)[0]), 6)
+
+
+# -- regions on another grid -------------------------------------------------------------------------------
+
+def labels_on_grid(labels: np.ndarray, labels_to_world: np.ndarray, shape: tuple[int, int, int],
+                   grid_to_world: np.ndarray) -> np.ndarray:
+    """``labels`` sampled (nearest neighbour) at the voxel centres of another grid.
+
+    labels: (X, Y, Z) integers; labels_to_world, grid_to_world: (4, 4) voxel-to-world matrices;
+    shape: the other grid's (X, Y, Z). Voxels outside the labels' extent get 0.
+    """
+    labels = np.asarray(labels)
+    to_labels = np.linalg.inv(labels_to_world) @ grid_to_world
+    out = np.zeros(shape, dtype=labels.dtype)
+    rest = np.indices(shape[1:]).reshape(2, -1).astype(float)
+    for i in range(shape[0]):  # one slab at a time bounds the memory of the coordinates
+        points = np.vstack([np.full(rest.shape[1], float(i)), rest, np.ones(rest.shape[1])])
+        nearest = np.floor((to_labels @ points)[:3] + 0.5).astype(np.int64)
+        inside = np.all((nearest >= 0) & (nearest < np.array(labels.shape)[:, None]), axis=0)
+        slab = np.zeros(rest.shape[1], dtype=labels.dtype)
+        slab[inside] = labels[tuple(nearest[:, inside])]
+        out[i] = slab.reshape(shape[1:])
+    return out
+
+
+def region_rows(heat: np.ndarray, heat_to_world: np.ndarray, labels: np.ndarray,
+                labels_to_world: np.ndarray) -> list[dict]:
+    """Heat per label, with the labels brought onto the heatmap's voxels through world space.
+
+    heat: (X, Y, Z); labels: (X', Y', Z') on any grid; both matrices (4, 4) voxel-to-world.
+    """
+    from .regions import region_table
+
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise ValueError(f"the labels layer is {labels.ndim}D; pick a 3D Labels layer")
+    if labels.shape != heat.shape or not np.allclose(labels_to_world, heat_to_world):
+        labels = labels_on_grid(labels, labels_to_world, heat.shape, heat_to_world)
+        if not labels.any():
+            raise ValueError("the labels do not overlap the heatmap in world coordinates; "
+                             "are they in the same space as the volume?")
+    return region_table(heat, labels)
