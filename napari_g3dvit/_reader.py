@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .display import watch_current_viewer
 from .volumes import is_nifti_path, read_nifti
 
 
@@ -15,4 +16,6 @@ def napari_get_reader(path):
 
 def read_nifti_layers(path):
     paths = path if isinstance(path, list) else [path]
-    return [read_nifti(p) for p in paths]
+    layers = [read_nifti(p) for p in paths]
+    watch_current_viewer()  # neuroimaging display conventions once the volume is in the viewer
+    return layers

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from .display import watch_current_viewer
+from .runner import MODEL_KEY
 from .sample_models import sample_path
 from .volumes import read_nifti
-
-#: metadata key naming the sample model a volume goes with; the widget offers it.
-MODEL_KEY = "g3dvit_model"
 
 
 def _labels(filename: str, name: str, visible: bool = True):
@@ -16,6 +15,7 @@ def _labels(filename: str, name: str, visible: bool = True):
 
 
 def _volume(model: str, name: str):
+    watch_current_viewer()  # neuroimaging display conventions once the volume is in the viewer
     data, kwargs, _ = read_nifti(sample_path(f"{model}_example.nii.gz"))
     kwargs["name"] = name
     kwargs["metadata"][MODEL_KEY] = str(sample_path(f"{model}.safetensors"))

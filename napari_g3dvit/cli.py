@@ -55,7 +55,7 @@ def open_sample_viewer(sample: str, explain: bool = False, show: bool = True):
     widget.wait()
     viewer.dims.ndisplay = 3
     viewer.reset_view()  # the whole volume in view, whatever the sample's extent
-    viewer.camera.angles = (0, -60, 60) if sample.startswith("brain") else (10, -30, 60)
+    viewer.scene.camera.angles = (0, -60, 60) if sample.startswith("brain") else (10, -30, 60)
     if explain and widget.run() is not None:
         widget.wait()
     return viewer, widget

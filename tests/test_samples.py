@@ -109,7 +109,7 @@ def test_3d_screenshot_heat_falls_on_the_cube(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
     assert not widget.last_error
     viewer.dims.ndisplay = 3
-    viewer.camera.angles = (15, -25, 60)
+    viewer.scene.camera.angles = (15, -25, 60)
     cube = viewer.layers["cube"]
     patch = 5
     g = cube.data.shape[0] // patch
