@@ -9,14 +9,14 @@ from .volumes import read_nifti
 
 
 def _labels(filename: str, name: str, visible: bool = True):
-    data, kwargs, _ = read_nifti(sample_path(filename))
+    data, kwargs, _ = read_nifti(sample_path(filename), kind="labels")
     kwargs.update(name=name, opacity=0.5, visible=visible)
-    return data.astype("uint8"), kwargs, "labels"
+    return data, kwargs, "labels"
 
 
 def _volume(model: str, name: str):
     watch_current_viewer()  # neuroimaging display conventions once the volume is in the viewer
-    data, kwargs, _ = read_nifti(sample_path(f"{model}_example.nii.gz"))
+    data, kwargs, _ = read_nifti(sample_path(f"{model}_example.nii.gz"), kind="image")
     kwargs["name"] = name
     kwargs["metadata"][MODEL_KEY] = str(sample_path(f"{model}.safetensors"))
     return data, kwargs, "image"

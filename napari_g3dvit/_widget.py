@@ -147,6 +147,9 @@ class ExplainWidget(Container):
             label.native.setWordWrap(True)
             label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
             label.native.setMinimumWidth(240)
+            # room for two lines from the start: a status change then does not resize the dock,
+            # which would make napari redraw the canvas (a 3D volume takes long to draw)
+            label.native.setMinimumHeight(2 * label.native.fontMetrics().height() + 4)
 
     def reset_choices(self, *_args) -> None:
         """Refresh the two layer dropdowns (napari calls this on every layer-list change).
@@ -436,6 +439,7 @@ class ExplainWidget(Container):
             for row in rows
         ]
         self.region_table.visible = True
+        self.region_table.native.resizeColumnsToContents()
         self.export_button.enabled = bool(rows)
         source = (heat_layer.metadata.get("nifti") or {}).get("path")
         if source and Path(self.csv_path.value) == Path.home() / "regions.csv":  # beside the data

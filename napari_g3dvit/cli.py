@@ -47,6 +47,8 @@ def open_sample_viewer(sample: str, explain: bool = False, show: bool = True):
     """
     import napari
 
+    from .display import camera
+
     viewer = napari.Viewer(title="napari-g3dvit", show=show)
     viewer.open_sample("napari-g3dvit", sample)
     _, widget = viewer.window.add_plugin_dock_widget("napari-g3dvit", "Explain 3D ViT")
@@ -54,8 +56,9 @@ def open_sample_viewer(sample: str, explain: bool = False, show: bool = True):
     widget.volume.value = image  # offers (and loads) the sample's model
     widget.wait()
     viewer.dims.ndisplay = 3
-    viewer.reset_view()  # the whole volume in view, whatever the sample's extent
-    viewer.scene.camera.angles = (0, -60, 60) if sample.startswith("brain") else (10, -30, 60)
+    viewer.reset_view()
+    camera(viewer).zoom /= 3 ** 0.5  # reset_view fits a face; a turned cube needs its diagonal
+    camera(viewer).angles = (0, -60, 60) if sample.startswith("brain") else (10, -30, 60)
     if explain and widget.run() is not None:
         widget.wait()
     return viewer, widget

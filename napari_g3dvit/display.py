@@ -36,7 +36,7 @@ _LAYOUT = {
 _watched: weakref.WeakSet = weakref.WeakSet()
 
 
-def _camera(viewer):
+def camera(viewer):
     """``viewer.scene.camera`` (napari >= 0.9), else the older ``viewer.camera``."""
     scene = getattr(viewer, "scene", None)
     return scene.camera if scene is not None else viewer.camera
@@ -58,7 +58,7 @@ def neuro_view(viewer, plane: str = "axial") -> None:
     lead = ndim - 3
     axes, depth = _LAYOUT[plane]
     viewer.dims.order = tuple(range(lead)) + tuple(lead + axis for axis in axes)
-    _camera(viewer).orientation = (depth, "up", "right")
+    camera(viewer).orientation = (depth, "up", "right")
     labels = list(viewer.dims.axis_labels)
     labels[lead:] = SPATIAL_LABELS
     if lead:

@@ -87,6 +87,9 @@ def anatomy_display(data: np.ndarray) -> dict[str, Any]:
     sample = np.asarray(data[data.shape[0] // 2] if data.ndim == 4 else data)
     values = sample[np.isfinite(sample) & (sample != 0)]
     low, high = (np.percentile(values, [1.0, 99.5]) if values.size else (0.0, 1.0))
+    if not high > low:  # a few distinct values (a synthetic cube): the full range
+        finite = sample[np.isfinite(sample)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     if not high > low:
         low, high = float(low), float(low) + 1.0
     return {"colormap": "gray", "rendering": "attenuated_mip", "attenuation": 0.5,
@@ -105,8 +108,11 @@ def _seconds(zoom: float, time_unit: str) -> float | None:
     return value
 
 
-def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any], str]:
-    """One napari layer data tuple ``(data, kwargs, "image" | "labels")`` for a NIfTI file."""
+def read_nifti(path: str | os.PathLike, kind: str | None = None) -> tuple[np.ndarray, dict[str, Any], str]:
+    """One napari layer data tuple ``(data, kwargs, "image" | "labels")`` for a NIfTI file.
+
+    kind: force "image" or "labels"; None decides from the header, values and file name.
+    """
     import nibabel as nib
 
     path = Path(path)
@@ -154,7 +160,7 @@ def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any], str
         data = np.moveaxis(data, -1, 0)
         scale, translate = [facts["tr"] or 1.0] + scale, [0.0] + translate
     name = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
-    kind = "labels" if _is_labels(data, header, name) else "image"
+    kind = kind or ("labels" if _is_labels(data, header, name) else "image")
     kwargs = {"name": name, "scale": scale, "translate": translate, "metadata": {METADATA_KEY: facts}}
     if kind == "labels":
         data = _as_label_values(data)
