@@ -134,17 +134,21 @@ class VolumeSource:
         return (self.metadata.get("nifti") or {}).get("orientation")
 
     def spatial_transform(self, ndim: int) -> dict:
-        """The layer transform for an ``ndim``-D layer on the same voxels (3: one timepoint)."""
+        """The layer transform for an ``ndim``-D layer on the same voxels (3: one timepoint).
+
+        A shear mixes axes pairwise and cannot be cut to fewer axes; it is kept only when the
+        dimensionality is unchanged.
+        """
         out = {}
         for key, value in self.transform.items():
             if key in ("scale", "translate"):
                 out[key] = value[-ndim:]
-            elif key == "shear":
-                out[key] = value if ndim == len(self.data.shape) else None
-            else:
-                out[key] = value[-ndim - 1 :, -ndim - 1 :] if key == "affine" else value[-ndim:, -ndim:]
-        if out.get("shear") is None:
-            out.pop("shear")
+            elif key == "rotate":
+                out[key] = value[-ndim:, -ndim:]
+            elif key == "affine":
+                out[key] = value[-ndim - 1 :, -ndim - 1 :]
+            elif key == "shear" and ndim == self.data.ndim:
+                out[key] = value
         return out
 
 
