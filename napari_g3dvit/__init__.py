@@ -18,7 +18,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-from .errors import G3DViTError, LayerError, ModelError, SettingsError, VolumeError
+from .errors import G3DViTError, LayerError, ModelError, NiftiError, SettingsError, VolumeError
 from .options import DEFAULT_THRESHOLD, METHODS, POOLINGS, UPSAMPLE_MODES
 
 try:
@@ -35,11 +35,15 @@ _LAZY = {
     "Explanation": ".explanation",
     "load_model": ".models.loading",
     "save_model": ".models.loading",
+    "ConfigError": ".models.config",
+    "CheckpointError": ".models.checkpoint",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from .api import describe_model, explain, token_layers
     from .explanation import Explanation
+    from .models.checkpoint import CheckpointError
+    from .models.config import ConfigError
     from .models.loading import load_model, save_model
 
 __all__ = [
@@ -50,6 +54,9 @@ __all__ = [
     "G3DViTError",
     "VolumeError",
     "ModelError",
+    "NiftiError",
+    "ConfigError",
+    "CheckpointError",
     "LayerError",
     "SettingsError",
     *_LAZY,

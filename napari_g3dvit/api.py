@@ -75,7 +75,12 @@ def _as_series(volume) -> tuple[torch.Tensor, bool]:
             f"the volume has {array.ndim} dimension(s) ({shape}); napari-g3dvit needs a 3D volume "
             "(D, H, W) or a 4D series of timepoints (T, D, H, W)"
         )
-    array = array.float()
+    if array.numel() == 0:
+        raise VolumeError(
+            f"the volume is empty (shape {'x'.join(map(str, array.shape))}); it needs voxels on every "
+            "axis" + (" and at least one timepoint" if array.ndim == 4 else "")
+        )
+    array = array.to(torch.float32, copy=True)  # a copy: the caller's array is never changed
     bad = ~torch.isfinite(array)
     if bool(bad.any()):
         n_nan = int(torch.isnan(array).sum())
@@ -159,6 +164,23 @@ def describe_model(model: nn.Module) -> ModelSummary:
     )
 
 
+def _empty_map_reason(method: str, layer: str, low: float, high: float) -> str:
+    """Why a map came out zero everywhere, judged from the raw token scores actually seen."""
+    head = f"the {method} map at layer {layer!r} is zero everywhere"
+    if high < 0 or (high == 0 and low < 0):
+        return (f"{head}: every token's score was negative (from {low:.3g} to {high:.3g}), and only "
+                "positive evidence is kept (ReLU). At this layer the target class gains where the "
+                "tokens shrink; try another target class, layer or method")
+    if high == low == 0:
+        reason = ("every token's score was exactly 0. For g3dvit this happens at residual-stream "
+                  "layers (their gradients average to zero over channels) and at a LayerNorm whose "
+                  "affine is still the identity (an untrained layer); use the default layer or another "
+                  "method" if method == "g3dvit" else "every token's score was exactly 0")
+        return f"{head}: {reason}"
+    return (f"{head}: every token had the same score ({high:.3g}), so the map has no location; try "
+            "another layer or method")
+
+
 def available_devices() -> list[str]:
     """Devices that exist on this machine, the default first."""
     devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
@@ -233,6 +255,7 @@ def explain(
     token_maps: dict[tuple[str, str], list[torch.Tensor]] = {k: [] for k in keys}
     voxel_maps: dict[tuple[str, str], list[torch.Tensor]] = {k: [] for k in keys}
     logits_parts, target_parts = [], []
+    raw_range: dict[tuple[str, str], tuple[float, float]] = {}  # lowest, highest raw token score
 
     with prepared_model(model, dev):
         for start in range(0, count, chunk):
@@ -243,6 +266,8 @@ def explain(
             capture = run_capture(adapter, inputs, hooked, part_targets)
             for m, n in keys:
                 scores = TOKEN_SCORES[m](capture.activations[n], capture.gradients[n], num_patches, pooling)
+                low, high = raw_range.get((m, n), (np.inf, -np.inf))
+                raw_range[(m, n)] = (min(low, float(scores.min())), max(high, float(scores.max())))
                 maps = keep_top_percent(normalise_tokens(scores.float()), threshold)
                 maps = maps.reshape(-1, *grid)
                 token_maps[(m, n)].append(maps.cpu())
@@ -263,14 +288,7 @@ def explain(
         heat = torch.cat(voxel_maps[key]).numpy().astype(np.float32)
         tokens = torch.cat(token_maps[key]).numpy().astype(np.float32)
         if not heat.any():
-            warnings.warn(
-                f"the {m} map at layer {n!r} is zero everywhere: no token had positive evidence. "
-                "For g3dvit this is expected at residual-stream layers (their gradients average "
-                "to zero over channels) and at a LayerNorm whose affine is still the identity; "
-                "use the default layer or another method",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            warnings.warn(_empty_map_reason(m, n, *raw_range[key]), RuntimeWarning, stacklevel=3)
         return Explanation(
             heatmap=heat if is_series else heat[0],
             token_map=tokens if is_series else tokens[0],

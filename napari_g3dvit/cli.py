@@ -120,7 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=_train)
     args = parser.parse_args(argv)
-    return args.run(args)
+    from .errors import G3DViTError
+
+    try:
+        return args.run(args)
+    except (G3DViTError, OSError) as err:  # bad input or a file-system fault: said plainly, no traceback
+        print(f"g3dvit: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

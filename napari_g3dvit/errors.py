@@ -1,6 +1,8 @@
 """Errors raised for bad input, worded for the person who supplied it.
 
-All derive from ``ValueError`` so callers that already catch it keep working.
+All derive from ``ValueError`` so callers that already catch it keep working. Faults of the file
+system (a full disk, a read-only folder) come out as ``OSError``; nothing else reaches a user
+of a public entry point.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ class G3DViTError(ValueError):
 
 class VolumeError(G3DViTError):
     """The volume cannot be explained as given (dimensionality, shape, NaN/Inf)."""
+
+
+class NiftiError(VolumeError):
+    """A file that is not a readable NIfTI volume (or holds no voxels)."""
 
 
 class ModelError(G3DViTError):

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import NiftiError
+
 log = logging.getLogger("napari_g3dvit")
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -29,10 +31,6 @@ LABEL_NAME_HINTS = ("label", "atlas", "mask", "seg", "aseg", "parc", "annot", "r
 #: A repetition time above this many seconds is taken to be in milliseconds (a common header slip).
 MAX_TR_SECONDS = 100.0
 _warned_oblique: set[str] = set()
-
-
-class NiftiError(ValueError):
-    """A file that is not a readable NIfTI volume."""
 
 
 def is_nifti_path(path: str | os.PathLike) -> bool:
@@ -129,6 +127,8 @@ def read_nifti(path: str | os.PathLike, kind: str | None = None) -> tuple[np.nda
     time_zoom = 3
     if data.ndim == 5 and data.shape[3] == 1:  # some tools write (x, y, z, 1, t)
         data, time_zoom = data[:, :, :, 0], 4
+    if data.size == 0:
+        raise NiftiError(f"{path.name} holds no voxels: its shape is {'x'.join(map(str, image.shape))}")
     if data.ndim not in (3, 4):
         raise NiftiError(f"{path.name} has {data.ndim} dimensions {data.shape}; napari-g3dvit reads 3D volumes and 4D series")
     affine = canonical.affine
@@ -201,8 +201,20 @@ def write_nifti(path: str | os.PathLike, data: np.ndarray, metadata: dict | None
     """Write layer data to ``path`` (.nii or .nii.gz); returns the path written."""
     import nibabel as nib
 
+    from .atomic import write_atomic
+
     path = str(path)
     if not is_nifti_path(path):
         raise NiftiError(f"{Path(path).name}: napari-g3dvit writes .nii or .nii.gz files")
-    nib.save(nifti_from_layer(data, metadata, scale, translate), path)
+    image = nifti_from_layer(data, metadata, scale, translate)
+
+    def write(tmp: Path) -> None:
+        try:
+            nib.save(image, str(tmp))
+        except OSError:
+            raise
+        except Exception as err:  # nibabel's own errors for data it cannot store
+            raise NiftiError(f"{Path(path).name} cannot be written as NIfTI ({err})") from err
+
+    write_atomic(Path(path), write)  # an existing file is replaced whole, or left as it was
     return path

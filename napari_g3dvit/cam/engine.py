@@ -8,6 +8,8 @@ computes no parameter gradients. Every layer and every method is served by the s
 
 from __future__ import annotations
 
+import threading
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -35,9 +37,34 @@ class Capture:
     gradients: dict[str, torch.Tensor]
 
 
+_model_locks: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock that serialises passes over ``model`` (one per model, made on first use)."""
+    with _locks_guard:
+        lock = _model_locks.get(model)
+        if lock is None:
+            lock = _model_locks[model] = threading.RLock()
+        return lock
+
+
 @contextmanager
 def prepared_model(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
-    """Eval mode, frozen parameters and the run's device; all put back afterwards, also on error."""
+    """Eval mode, frozen parameters and the run's device; all put back afterwards, also on error.
+
+    Holds the model's lock throughout: explain calls on one model from several threads (a widget
+    run and a script) take turns, so none sees another's hooks or frozen state, and the state
+    each one restores is the model's own.
+    """
+    with model_lock(model):
+        with _prepared(model, device) as prepared:
+            yield prepared
+
+
+@contextmanager
+def _prepared(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
     modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
     devices = {t.device for t in (*model.parameters(), *model.buffers())}
@@ -146,19 +173,37 @@ def run_capture(
         recorder.remove()
     gradients = {}
     for name, grad in zip(names, grads):
-        acts = recorder.outputs[name]
         patch_grads = None if grad is None else grad[:, grad.shape[1] - geometry.num_patches :]
         if patch_grads is None or not bool(patch_grads.any()):
-            raise LayerError(
-                f"the gradients at layer {name!r} are zero for every patch token: with a CLS "
-                "readout the patch tokens after the last attention no longer reach the score. "
-                f"Hook a layer inside or before the last block, e.g. {adapter.default_layer!r} "
-                "(the default)"
-            )
+            raise LayerError(_zero_gradient_reason(name, grad, adapter.default_layer))
         gradients[name] = grad
     return Capture(
         logits=logits.detach(),
         targets=targets.detach(),
         activations={n: recorder.outputs[n].detach() for n in names},
         gradients=gradients,
+    )
+
+
+def _zero_gradient_reason(name: str, grad: torch.Tensor | None, default_layer: str) -> str:
+    """Why no patch token of ``name`` has a gradient, judged from the gradient actually seen.
+
+    grad: [B, T, C] or None. Zero everywhere (prefix tokens included) means the score does not
+    move with this layer for this input at all, which a default-layer suggestion cannot fix;
+    zero on the patch tokens only is the CLS readout after the last attention.
+    """
+    if grad is None or not bool(grad.any()):
+        return (
+            f"the class score does not change with layer {name!r} for this input: its gradient is "
+            "zero for every token, the CLS token included. Something between the ViT and the score "
+            "blocks it (for example a ReLU in the head whose inputs are all negative, or a saturated "
+            "output); another layer will not help. Check the model's head, or explain another target "
+            "class"
+        )
+    hint = (f" Hook a layer inside or before the last block, e.g. {default_layer!r} (the default)"
+            if name != default_layer else "")
+    return (
+        f"the gradients at layer {name!r} are zero for every patch token (only the prefix tokens "
+        "have one): with a CLS readout the patch tokens after the last attention no longer reach "
+        f"the score.{hint}"
     )

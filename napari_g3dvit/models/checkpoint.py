@@ -122,6 +122,8 @@ def _tensors_inside(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> tuple[dict[str, torch.Tensor] | nn.Module, dict[str, str]]:
     """The weights in ``path`` as ``{name: tensor}`` (or a whole module, when trusted), and metadata."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file; pick the .safetensors or .pt file inside it")
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {path}")
     if _is_safetensors(path):

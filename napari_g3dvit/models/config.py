@@ -77,6 +77,74 @@ def find_config_beside(checkpoint: Path) -> Path | None:
     return None
 
 
+def _kind(value: Any) -> str:
+    return {str: "a string", bool: "true/false", int: "a whole number", float: "a decimal number", list: "a list",
+            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _is_whole(value: Any, low: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _sizes(value: Any) -> bool:
+    """One positive whole number, or a (height, width) pair of them."""
+    if isinstance(value, (list, tuple)):
+        return len(value) == 2 and all(_is_whole(v) for v in value)
+    return _is_whole(value)
+
+
+#: what each given field must be: (check, expected, in words)
+_VIT_FIELDS = {
+    **{key: (_is_whole, "a positive whole number, e.g. 8") for key in VIT_INT_FIELDS},
+    "image_size": (_sizes, "a positive whole number or [height, width]"),
+    "image_patch_size": (_sizes, "a positive whole number or [height, width]"),
+    "pool": (lambda v: v in ("cls", "mean"), "'cls' or 'mean'"),
+    "dropout": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
+                "a number from 0 to below 1"),
+    "emb_dropout": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
+                    "a number from 0 to below 1"),
+}
+_TOP_FIELDS = {
+    "architecture": (lambda v: isinstance(v, str), f"a name, one of {', '.join(map(repr, ARCHITECTURES))}"),
+    "vit": (lambda v: isinstance(v, dict), "an object of the ViT's constructor arguments"),
+    "monai": (lambda v: isinstance(v, dict), "an object of monai.networks.nets.ViT arguments"),
+    "head": (lambda v: v is None or isinstance(v, dict), "null or {\"sizes\": [...], \"activation\": ...}"),
+    "patch_layout": (lambda v: v in PATCH_LAYOUTS, f"{CURRENT_LAYOUT!r} or {LEGACY_LAYOUT!r}"),
+    "preprocessing": (lambda v: v is None or isinstance(v, dict), "null or an object (axes, crop, ...)"),
+    "class_names": (lambda v: v is None or (isinstance(v, list) and all(isinstance(n, str) for n in v)),
+                    "a list of names (strings)"),
+    "input_orientation": (lambda v: v is None or isinstance(v, str), "'stored' or axis codes such as 'RAS'"),
+}
+
+
+def check_given(config: Any) -> None:
+    """Types and ranges of every field a config gives, before anything uses them.
+
+    ConfigError names the field, what it must be and what it is; fields left out are fine here
+    (the weights may determine them).
+    """
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"the model config must be an object (a JSON dict), not {_kind(config)}")
+    problems = []
+
+    def check(section: str, fields: dict, values: Mapping) -> None:
+        for key, (ok, expected) in fields.items():
+            if key in values and not ok(values[key]):
+                problems.append(f"{section}{key} must be {expected}, got {values[key]!r} ({_kind(values[key])})")
+
+    check("", _TOP_FIELDS, config)
+    if isinstance(config.get("vit"), dict):
+        check("vit.", _VIT_FIELDS, config["vit"])
+    head = config.get("head")
+    if isinstance(head, dict):
+        check("head.", {"sizes": (lambda v: isinstance(v, list) and len(v) >= 2 and all(_is_whole(n) for n in v),
+                                  "a list of at least two positive whole numbers [in, ..., classes]"),
+                        "activation": (lambda v: v in HEAD_ACTIVATIONS, f"one of {', '.join(HEAD_ACTIVATIONS)}")},
+              head)
+    if problems:
+        raise ConfigError("the model config has values of the wrong type or range: " + "; ".join(problems))
+
+
 def _positive_int(section: str, key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"config {section}.{key} must be a positive whole number, got {value!r}")
@@ -85,6 +153,7 @@ def _positive_int(section: str, key: str, value: Any) -> int:
 
 def validate(config: Mapping) -> dict:
     """A checked, normalised copy of a complete config; ConfigError names each bad value."""
+    check_given(config)
     cfg = copy.deepcopy(dict(config))
     arch = cfg.setdefault("architecture", "vit-pytorch-3d")
     if arch not in ARCHITECTURES:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -26,6 +25,7 @@ from .config import (
     CURRENT_LAYOUT,
     LEGACY_LAYOUT,
     ConfigError,
+    check_given,
     check_input_orientation,
     find_config_beside,
     input_shape,
@@ -248,6 +248,7 @@ def _vit_pytorch_version() -> str:
 
 def build_from_tensors(tensors: Mapping[str, torch.Tensor], config: dict | None, source: str) -> ViTClassifier:
     """A ViTClassifier holding ``tensors``, the config completed from their shapes and checked."""
+    check_given(config or {})
     given = dict(config or {})
     arch = given.get("architecture", "vit-pytorch-3d")
     if arch == "monai-vit":
@@ -324,7 +325,9 @@ def save_model(module: nn.Module, path: str | os.PathLike, config: Mapping) -> P
     The config is checked against the weights first (nothing is written if they disagree); the
     patch layout and vit-pytorch version are recorded. Returns the config file's path.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from ..atomic import write_together
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -337,19 +340,14 @@ def save_model(module: nn.Module, path: str | os.PathLike, config: Mapping) -> P
     checked = build_from_tensors(tensors, cfg, f"the weights of this {type(module).__name__}").g3dvit_config
     checked["vit_pytorch_version"] = _vit_pytorch_version()
     text = json.dumps(checked, indent=2)
+    try:  # serialised in memory, so a full disk is an OSError of our own write, not the library's
+        weights = save(tensors, metadata={CONFIG_METADATA_KEY: text})
+    except Exception as err:
+        raise ModelError(f"the weights of this {type(module).__name__} cannot be stored as safetensors ({err})") from err
     config_path = path.with_suffix(".json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    for target, write in ((path, lambda p: save_file(tensors, str(p), metadata={CONFIG_METADATA_KEY: text})),
-                          (config_path, lambda p: Path(p).write_text(text + "\n"))):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            write(tmp)
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; shipped and shared files must be readable
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+    write_together([(path, lambda p: p.write_bytes(weights)),
+                    (config_path, lambda p: p.write_text(text + "\n"))])
     return config_path
 
 
