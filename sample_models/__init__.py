@@ -5,6 +5,9 @@ with its dataset, training settings and validation accuracy) and ``NAME_example.
 held-out volume) with ``NAME_example_mask.nii.gz`` (its ground truth). The brain demo also has
 the anatomy it was trained on: ``mni152_t1_3mm.nii.gz``, ``mni152_brain_mask_3mm.nii.gz`` and
 ``mni152_ventricles_3mm.nii.gz``. Re-make any model with ``g3dvit train NAME``.
+
+The brain files derive from the MNI ICBM 2009a template: ``NOTICE_MNI152.txt`` carries its
+copyright and permission notice and how to cite it, and ships with them.
 """
 
 from __future__ import annotations

@@ -30,6 +30,8 @@ def test_wheel_files(wheel):
     for model in ("brain_ventricles", "cube_position", "cube_value"):
         assert {f"{model}.safetensors", f"{model}.json", f"{model}_example.nii.gz"} <= shipped, model
     assert {"mni152_t1_3mm.nii.gz", "mni152_brain_mask_3mm.nii.gz", "mni152_ventricles_3mm.nii.gz"} <= shipped
+    notice = zipfile.ZipFile(wheel).read("napari_g3dvit/sample_models/NOTICE_MNI152.txt").decode()
+    assert "McConnell Brain Imaging Centre" in notice and "Fonov" in notice  # the data's notice travels with it
     assert not any("/tests/" in n or n.startswith("tests/") for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "napari_g3dvit:napari.yaml" in zipfile.ZipFile(wheel).read(entry_points).decode()
@@ -43,5 +45,20 @@ def test_wheel_metadata(wheel):
     requires = " ".join(meta.get_all("Requires-Dist"))
     for dep in ("napari", "magicgui", "torch", "vit-pytorch", "qtpy", "numpy", "nibabel"):
         assert dep in requires
+    urls = " ".join(meta.get_all("Project-URL"))
+    for kind in ("Source Code", "Bug Tracker", "Documentation", "User Support"):
+        assert kind in urls
+    assert meta["Summary"] and meta["Version"]
     core = [r for r in meta.get_all("Requires-Dist") if "extra ==" not in r]
     assert not any(q in r for r in core for q in ("PyQt", "PySide", "pyqt", "pyside"))
+
+
+def test_version_is_the_installed_metadatas():
+    import re
+    from importlib.metadata import version
+
+    import napari_g3dvit
+
+    assert napari_g3dvit.__version__ == version("napari-g3dvit")
+    cff = (ROOT / "CITATION.cff").read_text()
+    assert re.search(r"^version: (.+)$", cff, re.M).group(1).strip() == version("napari-g3dvit")

@@ -47,6 +47,9 @@ def _without_cancellation(total: Tensor, magnitude: Tensor) -> Tensor:
 def g3dvit(acts: Tensor, grads: Tensor, num_patches: int, pooling: str = "mean") -> Tensor:
     """G3D-ViT, token-weighted: score[t] = pool_C(G[t]) * sum_C A[t].
 
+    From G3D-ViT (T. Gillet, github.com/gillet-thomas/G3D-ViT), a 3D GradCAM for the ViT of
+    fMRI2Vec.
+
     Both factors can cancel exactly: sum_C A is 0 for a LayerNorm output whose affine is the
     identity, and mean_C G is 0 at residual-stream layers, because every path from there to the
     score passes through a LayerNorm. Computed in float64, such cancellations give 0 rather
@@ -61,26 +64,42 @@ def g3dvit(acts: Tensor, grads: Tensor, num_patches: int, pooling: str = "mean")
 
 
 def gradcam(acts: Tensor, grads: Tensor, num_patches: int, pooling: str = "mean") -> Tensor:
-    """Classic channel-weighted GradCAM: alpha[C] = mean over patch tokens of G; score = sum_C alpha A."""
+    """Classic channel-weighted GradCAM: alpha[C] = mean over patch tokens of G; score = sum_C alpha A.
+
+    Selvaraju et al., "Grad-CAM: Visual explanations from deep networks via gradient-based
+    localization", ICCV 2017; here with tokens in place of a CNN's spatial positions.
+    """
     a, g = _patches(acts, num_patches), _patches(grads, num_patches)
     alpha = g.mean(dim=1, keepdim=True)  # [B, 1, C]
     return (alpha * a).sum(dim=-1)
 
 
 def layercam(acts: Tensor, grads: Tensor, num_patches: int, pooling: str = "mean") -> Tensor:
-    """LayerCAM: score = sum_C ReLU(G) * A."""
+    """LayerCAM: score = sum_C ReLU(G) * A.
+
+    Jiang et al., "LayerCAM: Exploring hierarchical class activation maps for localization",
+    IEEE Transactions on Image Processing 2021.
+    """
     a, g = _patches(acts, num_patches), _patches(grads, num_patches)
     return (g.clamp(min=0) * a).sum(dim=-1)
 
 
 def gradcam_elementwise(acts: Tensor, grads: Tensor, num_patches: int, pooling: str = "mean") -> Tensor:
-    """GradCAM-ElementWise: score = sum_C ReLU(G * A)."""
+    """GradCAM-ElementWise: score = sum_C ReLU(G * A).
+
+    The element-wise variant introduced in the pytorch-grad-cam library (J. Gildenblat and
+    contributors, github.com/jacobgil/pytorch-grad-cam).
+    """
     a, g = _patches(acts, num_patches), _patches(grads, num_patches)
     return (g * a).clamp(min=0).sum(dim=-1)
 
 
 def hirescam(acts: Tensor, grads: Tensor, num_patches: int, pooling: str = "mean") -> Tensor:
-    """HiResCAM: score = sum_C G * A."""
+    """HiResCAM: score = sum_C G * A.
+
+    Draelos & Carin, "Use HiResCAM instead of Grad-CAM for faithful explanations of
+    convolutional neural networks", arXiv:2011.08891, 2020.
+    """
     a, g = _patches(acts, num_patches), _patches(grads, num_patches)
     return (g * a).sum(dim=-1)
 
