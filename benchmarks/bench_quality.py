@@ -3,8 +3,10 @@
     python benchmarks/bench_quality.py                      # all sample models, 40 samples each
     python benchmarks/bench_quality.py --models cube_position --samples 100
 
-For each model, a table of methods (every entry of METHODS, at the default layer, the last
-block's attention-input LayerNorm, and at the first block's; then a random and a uniform map)
+For each model, a table of methods (the CAM methods at the default layer, the last block's
+attention-input LayerNorm, and at the first block's; the attention and perturbation methods;
+full occlusion as the reference; auto, the choice made without ground truth; then a random and a
+uniform map)
 x metrics; a token-overlap oracle (each token scored by its fraction inside the region) shows
 the ceiling of any map at token resolution. Mass, pointing and IoU use the maps as shown
 (default threshold 5 %, trilinear). Deletion and insertion rank the unthresholded maps token
@@ -29,6 +31,7 @@ from napari_g3dvit.cam.postprocess import keep_top_percent, tokens_to_voxels
 from napari_g3dvit.evaluation import metrics as M
 from napari_g3dvit.evaluation.recipes import RECIPES
 from napari_g3dvit.models import find_adapter
+from napari_g3dvit.options import CAM_METHODS
 from napari_g3dvit.sample_models import sample_path
 
 HELD_OUT_SEED = 20_000
@@ -77,18 +80,41 @@ def evaluate(name: str, n: int) -> list[dict]:
     accuracy = float((predict(volumes).argmax(1) == labels).mean())
     adapter = find_adapter(model)
     layers = {"last block": adapter.default_layer, "first block": adapter.attention_norm(0)}
-    maps = [f"{m} @ {where}" for where in layers for m in g3d.METHODS]
+    free = [m for m in g3d.METHODS if m not in CAM_METHODS]  # methods that use no single layer
+    maps = [f"{m} @ {where}" for where in layers for m in CAM_METHODS] + free + ["occlusion (full)", "auto"]
     names = maps + ["random map", "uniform map", "token-overlap oracle"]
-    rows = {k: {"mass": [], "point": [], "iou": [], "del": [], "ins": [], "sanity": [], "brain": [], "sec": []} for k in names}
-    for i, (volume, label, mask) in enumerate(zip(volumes, labels, masks)):
+    rows = {k: {"mass": [], "point": [], "iou": [], "del": [], "ins": [], "sanity": [], "brain": [], "sec": [],
+                "rho_occ": []} for k in names}
+    choices: dict[str, int] = {}
+
+    def all_maps(net, volume, label) -> tuple[dict, dict]:
+        """Token maps of every method for one volume, and seconds per map."""
+        seconds = {}
         started = time.perf_counter()
-        exps = g3d.explain(model, volume, method=list(g3d.METHODS), layer=list(layers.values()),
+        cams = g3d.explain(net, volume, method=list(CAM_METHODS), layer=list(layers.values()),
                            target=int(label), threshold=None)
-        per_volume = (time.perf_counter() - started) / len(exps)
-        rand_exps = g3d.explain(randomised, volume, method=list(g3d.METHODS), layer=list(layers.values()),
-                                target=int(label), threshold=None)
-        token_maps = {f"{m} @ {where}": exps[(m, layer)].token_map for where, layer in layers.items() for m in g3d.METHODS}
-        random_maps = {f"{m} @ {where}": rand_exps[(m, layer)].token_map for where, layer in layers.items() for m in g3d.METHODS}
+        seconds.update({f"{m} @ {w}": (time.perf_counter() - started) / len(cams) for w in layers for m in CAM_METHODS})
+        found = {f"{m} @ {where}": cams[(m, layer)].token_map for where, layer in layers.items() for m in CAM_METHODS}
+        for m in free:
+            started = time.perf_counter()
+            found[m] = g3d.explain(net, volume, method=m, target=int(label), threshold=None,
+                                   baseline=baseline).token_map
+            seconds[m] = time.perf_counter() - started
+        started = time.perf_counter()
+        found["occlusion (full)"] = g3d.explain(net, volume, method="occlusion", occlusion="full", target=int(label),
+                                                threshold=None, baseline=baseline).token_map
+        seconds["occlusion (full)"] = time.perf_counter() - started
+        started = time.perf_counter()
+        auto = g3d.explain(net, volume, method="auto", target=int(label), threshold=None, baseline=baseline)
+        seconds["auto"] = time.perf_counter() - started
+        found["auto"] = auto.token_map
+        return found, seconds, auto.extra["auto"]["chosen"]
+
+    for i, (volume, label, mask) in enumerate(zip(volumes, labels, masks)):
+        token_maps, seconds, chosen = all_maps(model, volume, label)
+        choices[chosen] = choices.get(chosen, 0) + 1
+        random_maps = all_maps(randomised, volume, label)[0]
+        reference = token_maps["occlusion (full)"]
         grid = next(iter(token_maps.values())).shape
         token_maps["random map"] = M.random_token_map(grid, seed=i)
         token_maps["uniform map"] = np.ones(grid, dtype=np.float32)
@@ -105,7 +131,8 @@ def evaluate(name: str, n: int) -> list[dict]:
                 r[key_].append(curve[2])
             if key in random_maps:
                 r["sanity"].append(M.spearman(tokens, random_maps[key]))
-                r["sec"].append(per_volume)
+                r["sec"].append(seconds[key])
+                r["rho_occ"].append(M.spearman(tokens, reference))
             if brain is not None:
                 r["brain"].append(M.relevance_mass(heat, brain))
         print(f"  {name}: {i + 1}/{len(volumes)}", end="\r", file=sys.stderr, flush=True)
@@ -113,9 +140,9 @@ def evaluate(name: str, n: int) -> list[dict]:
     out = []
     for key in names:
         r = rows[key]
-        out.append({"method": key, **{k: (float(np.mean(v)) if v else None) for k, v in r.items()},
+        out.append({"method": key, **{k: (float(np.nanmean(v)) if v else None) for k, v in r.items()},
                     "accuracy": accuracy, "chance": float(np.mean([m.mean() for m in masks])),
-                    "baseline": baseline})
+                    "baseline": baseline, "choices": choices})
     return out
 
 
@@ -124,7 +151,8 @@ def table(name: str, rows: list[dict], n: int) -> str:
     lines = [f"### {name} ({n} held-out samples, model accuracy on them {rows[0]['accuracy']:.2f}, "
              f"chance mass = region fraction {rows[0]['chance']:.4f}, deletion/insertion baseline: "
              f"{rows[0]['baseline']})", ""]
-    head = "| method | mass in region | pointing game | IoU top 5 % | deletion AUC | insertion AUC | sanity rho | s / map |"
+    head = ("| method | mass in region | pointing game | IoU top 5 % | deletion AUC | insertion AUC | "
+            "rho with full occlusion | sanity rho | s / map |")
     if brain:
         head = head.replace("| sanity", "| mass in brain | sanity")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
@@ -132,8 +160,13 @@ def table(name: str, rows: list[dict], n: int) -> str:
         cells = [r["method"], f"{r['mass']:.3f}", f"{r['point']:.2f}", f"{r['iou']:.3f}", f"{r['del']:.3f}", f"{r['ins']:.3f}"]
         if brain:
             cells.append(f"{r['brain']:.3f}")
+        cells.insert(6, "-" if r["rho_occ"] is None else f"{r['rho_occ']:.2f}")
         cells += ["-" if r["sanity"] is None else f"{r['sanity']:.2f}", "-" if r["sec"] is None else f"{r['sec']:.4f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    oracle = next(r for r in rows if r["method"] == "token-overlap oracle")
+    auto = next(r for r in rows if r["method"] == "auto")
+    lines += ["", f"auto's choices: {rows[0]['choices']}; auto / oracle: mass {auto['mass'] / oracle['mass']:.2f}, "
+                  f"pointing {auto['point'] / max(oracle['point'], 1e-9):.2f}"]
     return "\n".join(lines)
 
 

@@ -26,7 +26,7 @@ from magicgui.widgets import (
     Table,
 )
 
-from .options import DEFAULT_THRESHOLD, METHODS, POOLINGS, UPSAMPLE_MODES
+from .options import AUTO, BASELINES, CAM_METHODS, DEFAULT_THRESHOLD, METHODS, POOLINGS, UPSAMPLE_MODES
 from .runner import (
     DEFAULT_STEP,
     MODEL_KEY,
@@ -46,6 +46,9 @@ log = logging.getLogger("napari_g3dvit")
 
 PREDICTED = "predicted class"
 CURRENT, ALL = "current timepoint", "all timepoints"
+AUTO_CHOICE = ("auto (most faithful)", AUTO)  # (shown, value)
+#: methods whose map depends on what replaces removed voxels
+BASELINE_METHODS = (AUTO, "occlusion", "integrated-gradients")
 NO_MODEL = "no model loaded: pick a checkpoint"
 
 TOOLTIPS = {
@@ -58,7 +61,11 @@ TOOLTIPS = {
                    "and the layer's own orientation.",
     "hook_layer": "The layer whose activations and gradients make the map (default: the last "
                   "block's attention-input LayerNorm).",
-    "method": "How token scores are made from activations and gradients (see README, Methods).",
+    "method": "How the map is made (see README, Methods). auto: every candidate is scored on this volume "
+              "by how far the class probability falls when its hottest tokens are removed, and the most "
+              "faithful one is used; the scores are in the result's tooltip.",
+    "baseline": "What removed voxels become for occlusion, and where integrated gradients start (model "
+                "input space): the volume's mean, zero, or a blurred copy.",
     "pooling": "How G3D-ViT pools each token's gradients over channels (g3dvit only).",
     "target": "The class the map explains: the model's prediction, or a class you name.",
     "threshold": "Keep this percentage of the hottest tokens (5 as published; 100 keeps all).",
@@ -98,7 +105,8 @@ class ExplainWidget(Container):
         self.summary = Label(label="model", value=NO_MODEL)
         self.model_orientation = Label(label="orientation", value="")
         self.hook_layer = ComboBox(label="hook layer", choices=[])
-        self.method = ComboBox(label="method", choices=METHODS, value="g3dvit")
+        self.method = ComboBox(label="method", choices=[AUTO_CHOICE, *((m, m) for m in METHODS)], value=AUTO)
+        self.baseline = ComboBox(label="baseline", choices=BASELINES, value="mean")
         self.pooling = ComboBox(label="pooling", choices=POOLINGS, value="mean")
         self.target = ComboBox(label="target", choices=[PREDICTED], value=PREDICTED)
         self.threshold = FloatSpinBox(label="keep top %", value=DEFAULT_THRESHOLD, min=0.1, max=100.0, step=1.0)
@@ -116,7 +124,7 @@ class ExplainWidget(Container):
         self.csv_path = FileEdit(label="export to", mode="w", filter="*.csv", value=Path.home() / "regions.csv")
         self.export_button = PushButton(text="Export CSV", enabled=False)
         self.extend([self.volume, self.checkpoint, self.config, self.summary, self.model_orientation, self.hook_layer,
-                     self.method, self.pooling, self.target, self.threshold, self.upsample, self.device,
+                     self.method, self.baseline, self.pooling, self.target, self.threshold, self.upsample, self.device,
                      self.timepoints, self.batch_size, self.run_button, self.cancel_button, self.progress,
                      self.result, self.regions, self.region_button, self.region_table, self.csv_path,
                      self.export_button])
@@ -138,6 +146,7 @@ class ExplainWidget(Container):
         for event in (events.inserted, events.removed):  # also when not docked through napari
             event.connect(self.reset_choices)
         self.reset_choices()
+        self._sync_pooling(self.method.value)
         self._on_volume_changed(self.volume.value)
 
     def _wrap_labels(self) -> None:
@@ -177,7 +186,10 @@ class ExplainWidget(Container):
         return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Labels)]
 
     def _sync_pooling(self, method: str) -> None:
-        self.pooling.enabled = method == "g3dvit"
+        """Enable the controls the chosen method uses."""
+        self.pooling.enabled = method in ("g3dvit", AUTO)
+        self.hook_layer.enabled = method in CAM_METHODS
+        self.baseline.enabled = method in BASELINE_METHODS
 
     def _sync_series_controls(self) -> None:
         layer = self.volume.value
@@ -316,7 +328,7 @@ class ExplainWidget(Container):
             target = list(self.loaded.summary.class_names).index(self.target.value)
         return {"method": self.method.value, "layer": self.hook_layer.value, "pooling": self.pooling.value,
                 "target": target, "threshold": float(self.threshold.value), "upsample": self.upsample.value,
-                "device": self.device.value}
+                "device": self.device.value, "baseline": self.baseline.value}
 
     def _current_timepoint(self, layer) -> int:
         """Index along ``layer``'s first (time) axis at the viewer's current position."""
@@ -405,7 +417,7 @@ class ExplainWidget(Container):
         # layer itself, so the same layer compares as the same object run after run
         self.last_layer = getattr(out, "__wrapped__", out)
         self.result.value = outcome.summary
-        self.result.tooltip = f"heatmap layer: {out.name}"
+        self.result.tooltip = f"heatmap layer: {out.name}" + outcome.details()
         self.last_error = ""
 
     # -- regions ------------------------------------------------------------------------------------------------

@@ -18,7 +18,20 @@ from .explanation import Explanation
 from .models import find_adapter
 from .models.layers import probe_token_layers, resolve_layer
 from .models.preprocessing import Preprocessing
-from .options import DEFAULT_THRESHOLD, METHODS, POOLINGS, UPSAMPLE_MODES
+from .cam.attention import attention_scores
+from .cam.perturbation import integrated_gradients, occlusion_scores, tokens_from_voxels
+from .options import (
+    ATTENTION_METHODS,
+    AUTO,
+    BASELINES,
+    CAM_METHODS,
+    DEFAULT_THRESHOLD,
+    METHOD_LAYERS,
+    METHODS,
+    OCCLUSION_MODES,
+    POOLINGS,
+    UPSAMPLE_MODES,
+)
 
 DEFAULT_BATCH_SIZE = 8
 
@@ -200,6 +213,9 @@ def explain(
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     preprocessing: dict | None = None,
+    baseline: str = "mean",
+    steps: int = 32,
+    occlusion: str = "fast",
 ):
     """Class-activation map(s) of ``volume`` under ``model``.
 
@@ -207,19 +223,32 @@ def explain(
                 module's output for the target class.
     volume:     array or tensor (D, H, W), or (T, D, H, W) for a series of timepoints; in the
                 model's input size, or any size its config's preprocessing turns into it.
-    method:     one of ``METHODS``, or a list of them (computed from the same pass).
-    layer:      None for the last block's attention-input LayerNorm, a dotted name, a module,
-                or a list of those (computed from the same pass).
+    method:     one of ``METHODS``, ``"auto"`` (the most faithful candidate on this volume, see
+                ``choose_method``), or a list of methods (each family computed once for all).
+    layer:      for the CAM methods: None for the last block's attention-input LayerNorm, a
+                dotted name, a module, or a list of those (computed from the same pass). The
+                attention and perturbation methods use no single layer and ignore it.
     target:     None (each volume's predicted class), a class index, or one per timepoint.
     threshold:  percentage of the highest token values kept; None keeps all.
     progress:   called as ``progress(done, total)`` after each batch of timepoints; raising
                 from it stops the run.
     preprocessing: a spec (axes, crop, resample, normalize) overriding the one in the model's
                 config; the heatmap always comes back on the volume's own voxels.
+    baseline:   occlusion and integrated gradients: what removed voxels become / where the path
+                starts (``BASELINES``: mean, zero, blur; in the model's input space).
+    steps:      integrated gradients: points on the path.
+    occlusion:  ``fast`` (coarse windows refined where the drop is large) or ``full`` (every
+                token on its own, N forwards per volume).
 
     Returns an ``Explanation``; a list of methods gives ``{method: Explanation}``, a list of
     layers ``{layer: Explanation}``, and both ``{(method, layer): Explanation}``.
     """
+    if isinstance(method, str) and method == AUTO:
+        from .choice import explain_auto
+
+        return explain_auto(model, volume, layer=layer, pooling=pooling, target=target, threshold=threshold,
+                            upsample=upsample, device=device, batch_size=batch_size, progress=progress,
+                            preprocessing=preprocessing, baseline=baseline, steps=steps, occlusion=occlusion)
     methods = [method] if isinstance(method, str) else list(dict.fromkeys(method))
     for name in methods:
         _check_choice(name, METHODS, "method")
@@ -227,10 +256,14 @@ def explain(
         raise SettingsError("no method was given; choose from: " + ", ".join(METHODS))
     _check_choice(pooling, POOLINGS, "pooling")
     _check_choice(upsample, UPSAMPLE_MODES, "upsampling")
+    _check_choice(baseline, BASELINES, "baseline")
+    _check_choice(occlusion, OCCLUSION_MODES, "occlusion mode")
     if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold <= 100):
         raise SettingsError(f"threshold is the percentage of token values kept, in (0, 100], or None; got {threshold!r}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise SettingsError(f"batch_size must be a positive whole number, got {batch_size!r}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise SettingsError(f"steps must be a positive whole number, got {steps!r}")
 
     adapter = find_adapter(model)
     config = getattr(model, "g3dvit_config", None) or {}
@@ -243,19 +276,42 @@ def explain(
     targets = _targets(target, count)
     dev = resolve_device(device)
 
-    layer_list = [layer] if layer is None or isinstance(layer, (str, nn.Module)) else list(layer)
+    cam = [m for m in methods if m in CAM_METHODS]
+    attention = [m for m in methods if m in ATTENTION_METHODS]
     hooked: dict[str, nn.Module] = {}
-    for spec in layer_list:
-        name, module = resolve_layer(model, adapter.default_layer if spec is None else spec)
-        hooked[name] = module
+    if cam:
+        layer_list = [layer] if layer is None or isinstance(layer, (str, nn.Module)) else list(layer)
+        for spec in layer_list:
+            name, module = resolve_layer(model, adapter.default_layer if spec is None else spec)
+            hooked[name] = module
 
     chunk = batch_size or DEFAULT_BATCH_SIZE
     num_patches = adapter.geometry.num_patches
-    keys = [(m, n) for m in methods for n in hooked]
+    keys = [(m, n) for m in cam for n in hooked] + [(m, METHOD_LAYERS[m]) for m in methods if m not in CAM_METHODS]
     token_maps: dict[tuple[str, str], list[torch.Tensor]] = {k: [] for k in keys}
     voxel_maps: dict[tuple[str, str], list[torch.Tensor]] = {k: [] for k in keys}
     logits_parts, target_parts = [], []
     raw_range: dict[tuple[str, str], tuple[float, float]] = {}  # lowest, highest raw token score
+    extra: dict[tuple[str, str], dict] = {k: {} for k in keys}
+
+    def add_tokens(key: tuple[str, str], scores: torch.Tensor) -> None:
+        """Raw token scores [b, N] -> kept token map and voxel map on the volume's grid."""
+        low, high = raw_range.get(key, (np.inf, -np.inf))
+        raw_range[key] = (min(low, float(scores.min())), max(high, float(scores.max())))
+        maps = keep_top_percent(normalise_tokens(scores.float()), threshold).reshape(-1, *grid)
+        token_maps[key].append(maps.cpu())
+        voxels = tokens_to_voxels(maps, adapter.geometry.patch_size, upsample)
+        voxel_maps[key].append(prep.to_volume(voxels, volume_shape).cpu())
+
+    def add_voxels(key: tuple[str, str], attributions: torch.Tensor) -> None:
+        """Voxel attributions [b, F, H, W] (model grid) -> voxel map, and its token sums as token map."""
+        low, high = raw_range.get(key, (np.inf, -np.inf))
+        raw_range[key] = (min(low, float(attributions.min())), max(high, float(attributions.max())))
+        flat = attributions.float().reshape(len(attributions), -1)
+        voxels = keep_top_percent(normalise_tokens(flat), threshold).reshape(attributions.shape)
+        voxel_maps[key].append(prep.to_volume(voxels, volume_shape).cpu())
+        tokens = tokens_from_voxels(attributions.float(), adapter.geometry.patch_size)
+        token_maps[key].append(keep_top_percent(normalise_tokens(tokens), threshold).reshape(-1, *grid).cpu())
 
     with prepared_model(model, dev):
         for start in range(0, count, chunk):
@@ -263,23 +319,38 @@ def explain(
             if adapter.geometry.channels != 1:
                 inputs = inputs.expand(-1, adapter.geometry.channels, -1, -1, -1)
             part_targets = None if targets is None else targets[start : start + chunk].to(dev)
-            capture = run_capture(adapter, inputs, hooked, part_targets)
-            for m, n in keys:
-                scores = TOKEN_SCORES[m](capture.activations[n], capture.gradients[n], num_patches, pooling)
-                low, high = raw_range.get((m, n), (np.inf, -np.inf))
-                raw_range[(m, n)] = (min(low, float(scores.min())), max(high, float(scores.max())))
-                maps = keep_top_percent(normalise_tokens(scores.float()), threshold)
-                maps = maps.reshape(-1, *grid)
-                token_maps[(m, n)].append(maps.cpu())
-                voxels = tokens_to_voxels(maps, adapter.geometry.patch_size, upsample)
-                voxel_maps[(m, n)].append(prep.to_volume(voxels, volume_shape).cpu())
-            logits_parts.append(capture.logits.float().cpu())
-            target_parts.append(capture.targets.cpu())
-            del capture
+            logits = None
+            if cam:  # one forward and one stopped backward for every CAM method and layer
+                capture = run_capture(adapter, inputs, hooked, part_targets)
+                logits, part_targets = capture.logits, capture.targets
+                for m, n in [k for k in keys if k[0] in CAM_METHODS]:
+                    add_tokens((m, n), TOKEN_SCORES[m](capture.activations[n], capture.gradients[n],
+                                                       num_patches, pooling))
+                del capture
+            if attention:  # one forward (and one backward) for every attention method
+                found = attention_scores(adapter, inputs, attention, part_targets)
+                for m in attention:
+                    add_tokens((m, METHOD_LAYERS[m]), found[m].scores)
+                first = found[attention[0]]
+                logits, part_targets = first.logits, first.targets
+            if "occlusion" in methods:
+                occluded = occlusion_scores(adapter, inputs, part_targets, baseline=baseline, mode=occlusion)
+                add_tokens(("occlusion", METHOD_LAYERS["occlusion"]), occluded.scores)
+                logits, part_targets = occluded.logits, occluded.targets
+                cost = extra[("occlusion", METHOD_LAYERS["occlusion"])]
+                cost["forwards"] = cost.get("forwards", 0) + occluded.cost.perturbed
+            if "integrated-gradients" in methods:
+                integrated = integrated_gradients(adapter, inputs, part_targets, baseline=baseline, steps=steps)
+                add_voxels(("integrated-gradients", METHOD_LAYERS["integrated-gradients"]), integrated[0])
+                logits, part_targets = integrated[1], integrated[2]
+            logits_parts.append(logits.detach().float().cpu())
+            target_parts.append(part_targets.detach().cpu())
             if progress is not None:
                 progress(min(start + chunk, count), count)
 
     logits = torch.cat(logits_parts)
+    if logits.ndim == 1:
+        logits = logits[:, None]
     probabilities = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
     used_targets = torch.cat(target_parts).numpy()
 
@@ -300,6 +371,7 @@ def explain(
             threshold=None if threshold is None else float(threshold),
             upsample=upsample,
             device=str(dev),
+            extra=extra[key],
         )
 
     many_methods = not isinstance(method, str)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -18,6 +18,8 @@ class Explanation:
     probabilities: softmax of the model's scores, (K,) or (T, K); for a model with a single
                    logit, its sigmoid, (1,) or (T, 1).
     method, layer, pooling, threshold, upsample: the settings used.
+    extra:         what a method adds: its cost (occlusion's forwards), or for ``method="auto"``
+                   the criterion, every candidate's score and the choice.
     """
 
     heatmap: np.ndarray
@@ -30,6 +32,7 @@ class Explanation:
     threshold: float | None
     upsample: str
     device: str = "cpu"
+    extra: dict = field(default_factory=dict)
 
     @property
     def predicted(self) -> int | np.ndarray:
@@ -51,4 +54,5 @@ class Explanation:
             "upsample": self.upsample,
             "device": self.device,
             "target": self.target if isinstance(self.target, int) else self.target.tolist(),
+            **({"details": self.extra} if self.extra else {}),
         }

@@ -203,6 +203,15 @@ class HeatLayer:
     def record(self) -> dict:
         return self.metadata[RESULT_KEY]
 
+    def details(self) -> str:
+        """What ``auto`` chose and why, one candidate a line (empty for other methods)."""
+        auto = (self.record.get("details") or {}).get("auto")
+        if not auto:
+            return ""
+        ranked = sorted(auto["scores"].items(), key=lambda item: -item[1])
+        lines = [f"{label}: {score:+.3f}" for label, score in ranked]
+        return f"\nauto chose {auto['chosen']} by {auto['criterion']}:\n" + "\n".join(lines)
+
     def layer_kwargs(self) -> dict:
         """Keyword arguments for ``viewer.add_image(data, **kwargs)``."""
         return {"name": self.name, "colormap": heat_colormap(), "blending": "additive", "rendering": "mip",
@@ -309,10 +318,13 @@ class ExplainRun:
         home = next(model.parameters()).device
         model.to(self.settings.get("device") or "cpu")  # once per run, not once per step
         try:
+            explain_step = self._explainer(model, volume)
+            if self.settings.get("method") == "auto":  # the choice was a long step of its own
+                yield done, total
             parts = []
             for start in starts:
                 chunk = volume[start : start + self.step] if series else volume
-                parts.append(g3d.explain(model, chunk, **self.settings))
+                parts.append(explain_step(chunk))
                 done += len(chunk) if series else 1
                 yield done, total
             return parts
@@ -320,6 +332,24 @@ class ExplainRun:
             model.to(home)
             if torch.device(self.settings.get("device") or "cpu").type == "cuda":
                 torch.cuda.empty_cache()
+
+    def _explainer(self, model, volume: np.ndarray):
+        """A function explaining one step's volume(s) with this run's settings.
+
+        For ``auto`` the method and layer are chosen once, on the whole run's volume (a few of a
+        series' timepoints), and reused for every step.
+        """
+        import napari_g3dvit as g3d
+
+        if self.settings.get("method") != "auto":
+            return lambda chunk: g3d.explain(model, chunk, **self.settings)
+        from .choice import choose_method, explain_auto
+
+        rest = {k: v for k, v in self.settings.items() if k not in ("method", "layer")}
+        target = rest.get("target")
+        choice = choose_method(model, volume, target=target, device=rest.get("device"),
+                               baseline=rest.get("baseline", "mean"), pooling=rest.get("pooling", "mean"))
+        return lambda chunk: explain_auto(model, chunk, choice=choice, **rest)
 
     def _heat_layer(self, parts: list) -> HeatLayer:
         """Merge the steps' explanations into one heat layer on the anatomy's voxels."""
@@ -336,6 +366,7 @@ class ExplainRun:
         record = {
             "volume": self.source.name, "model": str(self.loaded.path), **self.settings,
             "layer": first.layer, "series": series, "timepoint": self.timepoint,
+            "method_used": first.method, "details": first.extra,
             "time_seconds": self._seconds(self.timepoint),
             "input_orientation": self.reorientation.target, "volume_orientation": self.reorientation.source,
             "token_map_orientation": self.reorientation.target,
@@ -348,6 +379,8 @@ class ExplainRun:
         if "nifti" in self.source.metadata:  # lets the NIfTI writer restore the source affine
             metadata["nifti"] = self.source.metadata["nifti"]
         name = f"{self.source.name} {first.method} @ {first.layer}"
+        if self.settings.get("method") == "auto":
+            name = f"{self.source.name} auto: {first.method} @ {first.layer}"
         if self.timepoint is not None:
             name += f" t={self.timepoint}"
         if series:
@@ -355,6 +388,8 @@ class ExplainRun:
         else:
             t = int(target[0])
             summary = f"{names[t]}, p = {probs[0][t]:.2f}"
+            if self.settings.get("method") == "auto":
+                summary += f"; auto chose {first.method}"
             if self.timepoint is not None:
                 summary += f" at timepoint {self.timepoint}" + (
                     f" ({record['time_seconds']:g} s)" if record["time_seconds"] is not None else "")

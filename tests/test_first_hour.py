@@ -120,6 +120,7 @@ def test_model_gets_exactly_the_array_its_config_names(make_napari_viewer, qtbot
     (layer,) = viewer.open(path, plugin="napari-g3dvit")
     widget = open_widget(viewer)
     assert widget.load_model(save_tiny(tmp_path, input_orientation=wanted))
+    widget.method.value = "g3dvit"  # one forward: the input recorded is the model's input
     seen = record_inputs(widget.model)
     heat = explain_in_widget(qtbot, viewer, widget, layer)
     np.testing.assert_array_equal(seen[-1][0, 0].numpy(), expected)

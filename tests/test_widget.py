@@ -118,6 +118,7 @@ def test_series_current_and_all_timepoints(qtbot, scene):
     series = viewer.add_image(torch.randn(6, *TINY_SHAPE).numpy(), name="series", scale=(2.5, 2, 1.5, 1),
                               translate=(10, 0, 0, 0))  # time in seconds from 10 s, TR 2.5 s
     widget.volume.value = series
+    widget.method.value = "g3dvit"
     assert not widget.timepoints.native.isHidden()  # shown for a 4D layer
     viewer.dims.set_point(0, 20.0)  # 20 s is timepoint 4
     run_and_wait(qtbot, widget)

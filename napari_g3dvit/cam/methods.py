@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from ..options import METHODS, POOLINGS
+from ..options import CAM_METHODS, POOLINGS
 
 Tensor = torch.Tensor
 
@@ -111,4 +111,4 @@ TOKEN_SCORES: dict[str, Callable[..., Tensor]] = {
     "gradcam-elementwise": gradcam_elementwise,
     "hirescam": hirescam,
 }
-assert tuple(TOKEN_SCORES) == METHODS, "options.METHODS and the method registry disagree"
+assert tuple(TOKEN_SCORES) == CAM_METHODS, "options.CAM_METHODS and the method registry disagree"

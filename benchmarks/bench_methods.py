@@ -1,0 +1,104 @@
+"""Cost of every method on the published fMRI ViT, as ratios to forward-only inference.
+
+Model: vit-pytorch 3D ViT, 90^3 input, patch 9 (1000 tokens + CLS), dim 1024, depth 6, heads 8,
+mlp_dim 2048, random weights (LayerNorm affines randomised, as in bench_engine.py). One volume.
+Every time is the median of ``--repeats`` runs after one warm-up, cases interleaved in rounds,
+and every ratio divides two times of this run.
+
+    python benchmarks/bench_methods.py                  # CPU
+    python benchmarks/bench_methods.py --device cuda    # on a GPU
+    python benchmarks/bench_methods.py --full-occlusion # also full occlusion (1000 forwards) and
+                                                        # the fast ranking's Spearman with it
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_engine import build, sync  # noqa: E402  (the same model and volume)
+
+import napari_g3dvit as g3d  # noqa: E402
+from napari_g3dvit.choice import choose_method  # noqa: E402
+from napari_g3dvit.evaluation.metrics import spearman  # noqa: E402
+
+
+def timed(fn, device: str) -> float:
+    sync(device)
+    started = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--full-occlusion", action="store_true")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    device = args.device
+    model, volume = build(device)
+    volume = volume[0]
+    inputs = volume[None, None].to(device)
+    choice = choose_method(model, volume.numpy(), device=device)
+    common = dict(device=device, threshold=None)
+    cases = {
+        "forward only (inference)": lambda: model(inputs),
+        "g3dvit (published default)": lambda: g3d.explain(model, volume, method="g3dvit", **common),
+        "attention-rollout": lambda: g3d.explain(model, volume, method="attention-rollout", **common),
+        "grad-rollout": lambda: g3d.explain(model, volume, method="grad-rollout", **common),
+        "legrad": lambda: g3d.explain(model, volume, method="legrad", **common),
+        "all CAM + attention methods, one call": lambda: g3d.explain(
+            model, volume, method=list(g3d.METHODS[:8]), **common),
+        "occlusion (fast)": lambda: g3d.explain(model, volume, method="occlusion", **common),
+        "integrated-gradients (32 steps)": lambda: g3d.explain(model, volume, method="integrated-gradients",
+                                                              baseline="blur", **common),
+        "auto (choice + chosen map)": lambda: g3d.explain(model, volume, method="auto", **common),
+        "auto, choice reused": lambda: g3d.explain(model, volume, method=choice.method, layer=choice.layer, **common),
+    }
+    with torch.no_grad():
+        model(inputs)
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for name, fn in cases.items():  # warm-up
+        if name == "forward only (inference)":
+            with torch.no_grad():
+                fn()
+        else:
+            fn()
+    for _ in range(args.repeats):
+        for name, fn in cases.items():
+            if name == "forward only (inference)":
+                with torch.no_grad():
+                    times[name].append(timed(fn, device))
+            else:
+                times[name].append(timed(fn, device))
+    base = statistics.median(times["forward only (inference)"])
+    occ = g3d.explain(model, volume, method="occlusion", **common)
+    print(f"\nfMRI ViT (90^3, 1000 tokens), {device}, torch {torch.__version__}, median of {args.repeats}\n")
+    print(f"auto chose {choice.method} @ {choice.layer}; occlusion (fast) used {occ.extra['forwards']} "
+          f"perturbed forwards for 1000 tokens\n")
+    print("| case | seconds | x inference |")
+    print("|---|---:|---:|")
+    for name in cases:
+        seconds = statistics.median(times[name])
+        print(f"| {name} | {seconds:.2f} | {seconds / base:.1f} |")
+    if args.full_occlusion:
+        seconds = timed(lambda: g3d.explain(model, volume, method="occlusion", occlusion="full", **common), device)
+        full = g3d.explain(model, volume, method="occlusion", occlusion="full", **common)
+        rho = spearman(occ.token_map, full.token_map)
+        print(f"| occlusion (full, 1000 forwards) | {seconds:.2f} | {seconds / base:.1f} |")
+        print(f"\nfast vs full occlusion token ranking: Spearman {rho:.3f}")
+
+
+if __name__ == "__main__":
+    main()

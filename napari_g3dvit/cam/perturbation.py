@@ -1,0 +1,580 @@
+"""Model-agnostic attributions that need only the model's output: occlusion and integrated gradients.
+
+Both work on model inputs ``[B, C, frames, H, W]`` that are already on the run's device, with a
+model the caller has already prepared (``engine.prepared_model``: eval mode, frozen
+parameters). Nothing here changes the model: no hooks are registered, no flag is touched, and
+gradients are taken with ``torch.autograd.grad`` with respect to inputs only, so no parameter's
+``.grad`` is written. The one temporary change is vit-pytorch's CLS fast path (the last block
+computed for the CLS query alone), which the adapter installs and removes around each call.
+
+Baselines (what a removed patch, or the start of the integration path, is replaced by):
+
+- ``zero``: 0 everywhere. In z-scored MRI this is the mean intensity, not the background.
+- ``mean``: each volume's own mean, one value per channel, taken over all of its voxels.
+- ``blur``: a box blur of the volume, computed per channel: every voxel becomes the mean of a
+  centred box of ``2 * p - 1`` voxels along each axis, ``p`` being the patch size on that axis,
+  with the volume's edge voxels repeated outward. A removed patch thus keeps only the
+  low-frequency content it shares with its neighbours.
+
+A note on vit-pytorch's 3D ViT: its patch embedding starts with a LayerNorm over each patch's
+voxels, and every constant patch normalises to the same vector. For a single-channel model
+``zero`` and ``mean`` therefore give identical occlusion maps (as would replacing a patch by its
+own mean); ``blur`` is the baseline that is not constant inside a patch.
+
+Token order everywhere is the engine's: the patch grid (frames, height, width) flattened in C
+order, frames slowest and width fastest.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import SettingsError, VolumeError
+
+Tensor = torch.Tensor
+Progress = Callable[[int, int], None]
+
+BASELINES = ("zero", "mean", "blur")
+OCCLUSION_MODES = ("fast", "full")
+
+
+# -- shared helpers ------------------------------------------------------------------------------
+
+
+def _check_inputs(inputs: Tensor, patch_size: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The token grid (Gf, Gh, Gw) of ``inputs`` [B, C, F, H, W] cut into ``patch_size`` patches."""
+    if inputs.ndim != 5:
+        raise VolumeError(
+            f"model inputs must be [batch, channels, frames, height, width]; got {tuple(inputs.shape)}"
+        )
+    spatial = tuple(int(s) for s in inputs.shape[2:])
+    if any(s % p for s, p in zip(spatial, patch_size)):
+        raise VolumeError(
+            f"the input {'x'.join(map(str, spatial))} is not a whole number of "
+            f"{'x'.join(map(str, patch_size))} patches"
+        )
+    return tuple(s // p for s, p in zip(spatial, patch_size))  # type: ignore[return-value]
+
+
+def _check_positive(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SettingsError(f"{name} must be a positive whole number, got {value!r}")
+
+
+def _forward(adapter, x: Tensor) -> Tensor:
+    """Class scores [n, K] of ``x`` under the whole model, through the CLS fast path when it holds."""
+    if adapter.supports_cls_fast_path([]):
+        with adapter.cls_fast_path():
+            output = adapter.model(x)
+    else:
+        output = adapter.model(x)
+    logits = adapter.logits(output)
+    return logits[:, None] if logits.ndim == 1 else logits
+
+
+def _resolve_targets(logits: Tensor, targets: Tensor | None) -> Tensor:
+    """[B] int64 on the logits' device: each input's argmax for None, else the given classes."""
+    if targets is None:
+        return logits.argmax(dim=1)
+    targets = torch.as_tensor(targets).to(device=logits.device, dtype=torch.int64).reshape(-1)
+    if targets.numel() != logits.shape[0]:
+        raise SettingsError(f"{targets.numel()} targets were given for {logits.shape[0]} inputs; give one per input")
+    if bool((targets < 0).any()) or int(targets.max()) >= logits.shape[1]:
+        raise SettingsError(
+            f"target classes must lie in 0 to {logits.shape[1] - 1} (the model has {logits.shape[1]} "
+            f"classes); got {targets.tolist()}"
+        )
+    return targets
+
+
+def _target_scores(logits: Tensor, targets: Tensor) -> Tensor:
+    """The raw logit of each row's target: [n, K], [n] -> [n]."""
+    return logits.gather(1, targets[:, None]).squeeze(1)
+
+
+def _unperturbed_logits(adapter, inputs: Tensor, batch_size: int) -> tuple[Tensor, int]:
+    """Logits [B, K] of ``inputs`` in chunks of ``batch_size``, and the number of model calls."""
+    parts = [_forward(adapter, inputs[i : i + batch_size]) for i in range(0, inputs.shape[0], batch_size)]
+    return torch.cat(parts), len(parts)
+
+
+def baseline_inputs(inputs: Tensor, kind: str, patch_size: tuple[int, int, int]) -> Tensor:
+    """The baseline of each input, same shape and dtype: [B, C, F, H, W] -> [B, C, F, H, W].
+
+    ``kind`` is one of ``BASELINES`` (see the module docstring for what each one holds);
+    ``patch_size`` sets the box of the ``blur`` baseline.
+    """
+    if kind == "zero":
+        return torch.zeros_like(inputs)
+    if kind == "mean":
+        return inputs.mean(dim=(2, 3, 4), keepdim=True).expand_as(inputs).clone()
+    if kind == "blur":
+        kernel = tuple(2 * int(p) - 1 for p in patch_size)
+        pad = []
+        for k in reversed(kernel):  # F.pad lists the last axis first
+            pad += [k // 2, k // 2]
+        flat = inputs.reshape(-1, 1, *inputs.shape[2:]).float()
+        padded = F.pad(flat, pad, mode="replicate")
+        blurred = F.avg_pool3d(padded, kernel_size=kernel, stride=1)
+        return blurred.reshape(inputs.shape).to(inputs.dtype)
+    raise SettingsError(f"unknown baseline {kind!r}; choose one of: {', '.join(BASELINES)}")
+
+
+def tokens_from_voxels(attributions: Tensor, patch_size: tuple[int, int, int]) -> Tensor:
+    """Sum a voxel map over each patch token: [B, F, H, W] -> [B, N] in the engine's token order.
+
+    The inverse direction of ``postprocess.tokens_to_voxels(..., "nearest")`` up to the patch's
+    voxel count: a token map upsampled by nearest neighbour and summed back gives the token
+    values times ``pf * ph * pw``.
+    """
+    if attributions.ndim != 4:
+        raise VolumeError(f"voxel maps must be [batch, frames, height, width]; got {tuple(attributions.shape)}")
+    pf, ph, pw = (int(p) for p in patch_size)
+    b, f, h, w = attributions.shape
+    if f % pf or h % ph or w % pw:
+        raise VolumeError(f"the map {f}x{h}x{w} is not a whole number of {pf}x{ph}x{pw} patches")
+    blocks = attributions.reshape(b, f // pf, pf, h // ph, ph, w // pw, pw)
+    return blocks.sum(dim=(2, 4, 6)).reshape(b, -1)
+
+
+# -- occlusion -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OcclusionCost:
+    """What one ``occlusion_scores`` call cost.
+
+    volumes:   inputs explained (B).
+    tokens:    patch tokens per input (N); ``full`` evaluates ``volumes * tokens`` perturbed copies.
+    perturbed: perturbed copies actually evaluated, all inputs together (forwards of one volume).
+    calls:     batched model calls, the unperturbed pass included.
+    windows:   coarse windows per input (0 when every token was occluded on its own).
+    refined:   windows refined token by token, all inputs together.
+    """
+
+    mode: str
+    volumes: int
+    tokens: int
+    perturbed: int
+    calls: int
+    windows: int = 0
+    refined: int = 0
+
+    @property
+    def full_equivalent(self) -> int:
+        """Perturbed copies ``mode="full"`` would evaluate for the same inputs."""
+        return self.volumes * self.tokens
+
+    @property
+    def forwards_per_volume(self) -> float:
+        return self.perturbed / max(self.volumes, 1)
+
+
+class OcclusionResult(tuple):
+    """``(scores [B, N], logits [B, K], targets [B])``, unpacked like a plain tuple, with ``cost``."""
+
+    cost: OcclusionCost
+
+    def __new__(cls, scores: Tensor, logits: Tensor, targets: Tensor, cost: OcclusionCost):
+        result = super().__new__(cls, (scores, logits, targets))
+        result.cost = cost
+        return result
+
+    @property
+    def scores(self) -> Tensor:
+        return self[0]
+
+    @property
+    def logits(self) -> Tensor:
+        return self[1]
+
+    @property
+    def targets(self) -> Tensor:
+        return self[2]
+
+
+def _windows(grid: tuple[int, int, int], size: int) -> Tensor:
+    """Token indices of each ``size``-cube window of the token grid, clipped at the grid's edge.
+
+    Returns [W, M] int64 (M = the largest window's token count), windows in C order over the
+    window grid, tokens in C order inside each window, padded with -1.
+    """
+    gf, gh, gw = grid
+    ids = torch.arange(gf * gh * gw).reshape(grid)
+    rows = []
+    for f in range(0, gf, size):
+        for h in range(0, gh, size):
+            for w in range(0, gw, size):
+                rows.append(ids[f : f + size, h : h + size, w : w + size].reshape(-1))
+    width = max(len(r) for r in rows)
+    return torch.stack([F.pad(r, (0, width - len(r)), value=-1) for r in rows])
+
+
+class _Occluder:
+    """Evaluates perturbed copies: a job is (input index, token indices to replace)."""
+
+    def __init__(self, adapter, inputs: Tensor, base: Tensor, targets: Tensor, reference: Tensor,
+                 grid: tuple[int, int, int], patch_size: tuple[int, int, int], batch_size: int,
+                 progress: Progress | None):
+        self.adapter, self.inputs, self.base = adapter, inputs, base
+        self.targets, self.reference = targets, reference
+        self.grid, self.patch_size, self.batch_size = grid, patch_size, batch_size
+        self.num_tokens = math.prod(grid)
+        self.progress = progress
+        self.done = 0
+        self.total = 0
+        self.calls = 0
+
+    def _masks(self, regions: Tensor) -> Tensor:
+        """Token index rows [n, M] (-1 = none) -> voxel masks [n, 1, F, H, W]."""
+        n = regions.shape[0]
+        tokens = torch.zeros(n, self.num_tokens + 1, dtype=torch.bool, device=regions.device)
+        tokens.scatter_(1, torch.where(regions < 0, self.num_tokens, regions), True)
+        voxels = tokens[:, : self.num_tokens].reshape(n, *self.grid)
+        for axis, size in enumerate(self.patch_size, start=1):
+            voxels = voxels.repeat_interleave(int(size), dim=axis)
+        return voxels[:, None]
+
+    def drops(self, owners: Tensor, regions: Tensor) -> Tensor:
+        """Drop of the target logit for each job: owners [J] (input index), regions [J, M] -> [J]."""
+        out = []
+        for start in range(0, owners.shape[0], self.batch_size):
+            who = owners[start : start + self.batch_size]
+            mask = self._masks(regions[start : start + self.batch_size])
+            perturbed = torch.where(mask, self.base[who], self.inputs[who])
+            logits = _forward(self.adapter, perturbed)
+            self.calls += 1
+            out.append(self.reference[who] - _target_scores(logits, self.targets[who]).float())
+            self.done += int(who.shape[0])
+            if self.progress is not None:
+                self.progress(self.done, self.total)
+        if not out:
+            return torch.zeros(0, device=owners.device)
+        return torch.cat(out)
+
+
+def occlusion_scores(
+    adapter,
+    inputs: Tensor,
+    targets: Tensor | None,
+    baseline: str = "mean",
+    batch_size: int = 32,
+    mode: str = "fast",
+    progress: Progress | None = None,
+    *,
+    window: int = 2,
+    refine: float = 0.25,
+    grow: float = 0.1,
+    fill: str = "even",
+) -> OcclusionResult:
+    """Per-token occlusion: how much the target's raw logit drops when a token's voxels are removed.
+
+    adapter:    from ``napari_g3dvit.models.find_adapter(model)``; the model must already be
+                prepared (eval, frozen parameters) and on the inputs' device.
+    inputs:     model inputs [B, C, frames, H, W].
+    targets:    [B] class per input, or None for each input's predicted class.
+    baseline:   what a removed patch's voxels become, one of ``BASELINES``.
+    batch_size: perturbed copies per model call.
+    mode:       ``full``: every token occluded on its own, N copies per input (the reference).
+                ``fast``: coarse to fine. Cubes of ``window`` tokens per axis (clipped at the
+                grid's edge) are occluded first; the windows with the largest drops (the top
+                ``refine`` fraction of them, at least one) are then occluded token by token, and
+                those tokens get their own drops. Every other token gets its window's drop
+                divided by the window's token count (its share if the drop were spread evenly).
+                When that plan would cost as much as ``full`` (tiny grids), ``full`` runs.
+    progress:   called as ``progress(done, total)`` in perturbed copies after each model call.
+                In ``fast`` mode ``total`` first assumes that every refined window is a whole
+                cube (an upper bound) and becomes exact once the windows to refine are chosen.
+
+    Returns an ``OcclusionResult``: ``(scores [B, N] float32, logits [B, K], targets [B])``, the
+    logits of the unperturbed inputs, with ``.cost`` (an ``OcclusionCost``) attached.
+    """
+    if baseline not in BASELINES:
+        raise SettingsError(f"unknown baseline {baseline!r}; choose one of: {', '.join(BASELINES)}")
+    if mode not in OCCLUSION_MODES:
+        raise SettingsError(f"unknown occlusion mode {mode!r}; choose one of: {', '.join(OCCLUSION_MODES)}")
+    _check_positive(batch_size, "batch_size")
+    _check_positive(window, "window")
+    if not 0 < refine <= 1:
+        raise SettingsError(f"refine is the fraction of windows refined, in (0, 1]; got {refine!r}")
+    patch_size = tuple(int(p) for p in adapter.geometry.patch_size)
+    grid = _check_inputs(inputs, patch_size)
+    count, num_tokens = inputs.shape[0], math.prod(grid)
+    device = inputs.device
+
+    with torch.no_grad():
+        logits, calls = _unperturbed_logits(adapter, inputs, batch_size)
+        targets = _resolve_targets(logits, targets)
+        reference = _target_scores(logits, targets).float()
+        base = baseline_inputs(inputs, baseline, patch_size)
+        occluder = _Occluder(adapter, inputs, base, targets, reference, grid, patch_size, batch_size, progress)
+        occluder.calls = calls
+
+        windows = _windows(grid, window).to(device)  # [W, M]
+        sizes = (windows >= 0).sum(dim=1)  # [W]
+        top = max(1, math.ceil(refine * windows.shape[0]))
+        planned = windows.shape[0] + int(sizes.sort(descending=True).values[:top].sum())
+        if mode == "full" or planned >= num_tokens:
+            scores = _occlude_all(occluder, count, num_tokens, device)
+            cost = OcclusionCost("full", count, num_tokens, occluder.done, occluder.calls)
+        else:
+            scores, refined = _occlude_coarse_to_fine(occluder, count, windows, sizes, top, window, fill, grow)
+            cost = OcclusionCost("fast", count, num_tokens, occluder.done, occluder.calls,
+                                 windows=windows.shape[0], refined=refined)
+    return OcclusionResult(scores, logits, targets, cost)
+
+
+def _occlude_all(occluder: _Occluder, count: int, num_tokens: int, device) -> Tensor:
+    """One perturbed copy per (input, token): scores [B, N]."""
+    owners = torch.arange(count, device=device).repeat_interleave(num_tokens)
+    regions = torch.arange(num_tokens, device=device).repeat(count)[:, None]
+    occluder.total = owners.shape[0]
+    return occluder.drops(owners, regions).reshape(count, num_tokens)
+
+
+def _smooth_fill(share: Tensor, sizes: Tensor, token_window: Tensor, grid, window_size: int) -> Tensor:
+    b = share.shape[0]
+    wgrid = tuple(math.ceil(g / window_size) for g in grid)
+    up = F.interpolate(share.reshape(b, 1, *wgrid), size=tuple(w * window_size for w in wgrid),
+                       mode="trilinear", align_corners=False)[:, 0, : grid[0], : grid[1], : grid[2]].reshape(b, -1)
+    means = torch.zeros_like(share).index_add_(1, token_window, up) / sizes.to(up.dtype)
+    return up - means[:, token_window] + share[:, token_window]
+
+
+def _occlude_coarse_to_fine(occluder: _Occluder, count: int, windows: Tensor, sizes: Tensor,
+                            top: int, window_size: int, fill: str, grow: float) -> tuple[Tensor, int]:
+    """Windows first, then chosen windows token by token: scores [B, N], windows refined."""
+    device = windows.device
+    n_windows, n_tokens = windows.shape[0], occluder.num_tokens
+    occluder.total = count * (n_windows + int(sizes.sort(descending=True).values[:top].sum()))
+    owners = torch.arange(count, device=device).repeat_interleave(n_windows)
+    coarse = occluder.drops(owners, windows.repeat(count, 1)).reshape(count, n_windows)
+
+    valid = windows >= 0
+    token_window = torch.empty(n_tokens, dtype=torch.int64, device=device)
+    token_window[windows[valid]] = torch.arange(n_windows, device=device)[:, None].expand_as(windows)[valid]
+
+    # Ties in the drop keep the lower window index first (a stable sort), so plans are reproducible.
+    chosen = torch.sort(coarse, dim=1, descending=True, stable=True).indices[:, :top]  # [B, top]
+    pending = torch.zeros(count, n_windows, dtype=torch.bool, device=device)
+    pending.scatter_(1, chosen, True)
+    refined = torch.zeros_like(pending)
+    measured = torch.full((count, n_tokens), float("nan"), device=device)
+    while bool(pending.any()):
+        who, which = pending.nonzero(as_tuple=True)
+        rows = windows[which]  # [R, M]
+        keep = rows >= 0
+        tokens, job_owners = rows[keep], who[:, None].expand_as(rows)[keep]
+        occluder.total = occluder.done + int(tokens.shape[0])
+        measured[job_owners, tokens] = occluder.drops(job_owners, tokens[:, None])
+        refined |= pending
+        pending = _windows_to_grow(measured, grow, token_window, occluder.grid) & ~refined if grow > 0 else refined & False
+
+    share = coarse / sizes.to(coarse.dtype)  # [B, W] a token's even share of its window's drop
+    if fill == "smooth":
+        # Refined windows enter the interpolation with the median of their tokens, so that one
+        # strong token does not raise its neighbours' values.
+        field = torch.where(refined, _window_medians(measured, windows), share)
+        scores = _smooth_fill(field, sizes, token_window, occluder.grid, window_size)
+    else:
+        scores = share[:, token_window]
+    done = ~torch.isnan(measured)
+    scores[done] = measured[done]
+    return scores, int(refined.sum())
+
+
+def _window_medians(measured: Tensor, windows: Tensor) -> Tensor:
+    """Median of the measured token drops in each window: [B, N], [W, M] -> [B, W] (nan if none)."""
+    padded = torch.cat([measured, torch.full_like(measured[:, :1], float("nan"))], dim=1)
+    rows = torch.where(windows < 0, measured.shape[1], windows)  # -1 -> the nan column
+    return padded[:, rows].nanmedian(dim=2).values
+
+
+def _windows_to_grow(measured: Tensor, grow: float, token_window: Tensor, grid) -> Tensor:
+    """Windows touching a strong measured token: [B, N] -> [B, W] bool.
+
+    A token is strong when its drop is at least ``grow`` times the largest drop measured for its
+    input (and positive); the windows of its 26 grid neighbours are marked.
+    """
+    values = torch.nan_to_num(measured, nan=float("-inf"))
+    peak = values.amax(dim=1, keepdim=True)
+    strong = (values >= grow * peak) & (peak > 0)
+    near = F.max_pool3d(strong.reshape(-1, 1, *grid).float(), kernel_size=3, stride=1, padding=1)
+    near = near.reshape(measured.shape) > 0
+    marked = torch.zeros(measured.shape[0], int(token_window.max()) + 1, dtype=torch.bool, device=measured.device)
+    who, token = near.nonzero(as_tuple=True)
+    marked[who, token_window[token]] = True
+    return marked
+
+
+# -- integrated gradients ------------------------------------------------------------------------
+
+
+def normalises_raw_patches(adapter) -> bool:
+    """Whether the ViT's patch embedding starts with a LayerNorm over each patch's raw voxels.
+
+    vit-pytorch's 3D ViT does: ``Rearrange`` to patches, then ``LayerNorm(patch_dim)``. Such a
+    model cannot see a patch's offset or (positive) scale, which makes integrated gradients
+    from a constant baseline degenerate (see ``integrated_gradients``).
+    """
+    embedding = getattr(adapter.vit, "to_patch_embedding", None)
+    if not isinstance(embedding, nn.Sequential):
+        return False
+    geometry = adapter.geometry
+    patch_dim = geometry.channels * math.prod(geometry.patch_size)
+    for module in list(embedding)[:2]:
+        if isinstance(module, nn.LayerNorm):
+            return tuple(module.normalized_shape) == (patch_dim,)
+    return False
+
+
+class IntegratedGradientsResult(tuple):
+    """``(attributions [B, F, H, W], logits [B, K], targets [B])``, unpacked like a plain tuple.
+
+    Attached: ``input_scores`` [B] and ``baseline_scores`` [B], the target's raw logit at the
+    input and at the baseline, and ``gap`` [B] = sum of the attributions minus their difference
+    (completeness says it tends to 0 as ``steps`` grows); ``relative_gap`` divides it by that
+    difference's magnitude.
+    """
+
+    input_scores: Tensor
+    baseline_scores: Tensor
+
+    def __new__(cls, attributions: Tensor, logits: Tensor, targets: Tensor, input_scores: Tensor,
+                baseline_scores: Tensor):
+        result = super().__new__(cls, (attributions, logits, targets))
+        result.input_scores, result.baseline_scores = input_scores, baseline_scores
+        return result
+
+    @property
+    def attributions(self) -> Tensor:
+        return self[0]
+
+    @property
+    def logits(self) -> Tensor:
+        return self[1]
+
+    @property
+    def targets(self) -> Tensor:
+        return self[2]
+
+    @property
+    def gap(self) -> Tensor:
+        return _gap(self.attributions, self.input_scores, self.baseline_scores)[0]
+
+    @property
+    def relative_gap(self) -> Tensor:
+        return _gap(self.attributions, self.input_scores, self.baseline_scores)[1]
+
+
+def _gap(attributions: Tensor, input_scores: Tensor, baseline_scores: Tensor) -> tuple[Tensor, Tensor]:
+    expected = (input_scores - baseline_scores).double()
+    gap = attributions.double().sum(dim=(1, 2, 3)) - expected
+    return gap, gap.abs() / expected.abs().clamp_min(1e-12)
+
+
+def completeness_gap(adapter, inputs: Tensor, attributions: Tensor, targets: Tensor,
+                     baseline: str = "zero") -> tuple[Tensor, Tensor]:
+    """How far integrated gradients are from completeness, per input.
+
+    Returns ``(gap [B], relative [B])``: ``gap`` = sum of ``attributions`` minus
+    (target logit at the input - target logit at the baseline), float64; ``relative`` = its
+    magnitude over that difference's magnitude. Two forwards per input, no gradients.
+    """
+    patch_size = tuple(int(p) for p in adapter.geometry.patch_size)
+    _check_inputs(inputs, patch_size)
+    with torch.no_grad():
+        targets = torch.as_tensor(targets).to(device=inputs.device, dtype=torch.int64).reshape(-1)
+        at_input = _target_scores(_forward(adapter, inputs), targets).float()
+        base = baseline_inputs(inputs, baseline, patch_size)
+        at_base = _target_scores(_forward(adapter, base), targets).float()
+    return _gap(attributions.to(inputs.device), at_input, at_base)
+
+
+def integrated_gradients(
+    adapter,
+    inputs: Tensor,
+    targets: Tensor | None,
+    baseline: str = "zero",
+    steps: int = 32,
+    batch_size: int = 16,
+) -> IntegratedGradientsResult:
+    """Integrated gradients (Sundararajan et al. 2017) of the target's raw logit, per voxel.
+
+    Path: the straight line from the baseline ``x0`` (one of ``BASELINES``) to the input ``x``,
+    sampled at ``steps`` points by the midpoint rule, alpha = (k + 1/2) / steps for k = 0 ..
+    steps - 1. Attribution = (x - x0) * the mean over those points of d logit / d input, summed
+    over channels. The scaled inputs of all inputs are evaluated ``batch_size`` at a time, one
+    forward and one backward (down to the inputs only) per batch.
+
+    Baseline and vit-pytorch: its patch embedding normalises each patch's raw voxels
+    (``normalises_raw_patches``), so on the path from ``zero`` (any channel count) or from
+    ``mean`` (one channel) every patch is the input's patch scaled and shifted, which the model
+    does not see: the logit stays flat for all but the smallest alpha (where LayerNorm's epsilon
+    dominates), each token's attributions sum to about 0, and completeness needs thousands of
+    steps. A RuntimeWarning says so; use ``blur`` for such models.
+
+    Returns an ``IntegratedGradientsResult``: ``(attributions [B, F, H, W] float32, logits
+    [B, K], targets [B])``, with the completeness check attached (``gap``, ``relative_gap``).
+    """
+    if baseline not in BASELINES:
+        raise SettingsError(f"unknown baseline {baseline!r}; choose one of: {', '.join(BASELINES)}")
+    _check_positive(steps, "steps")
+    _check_positive(batch_size, "batch_size")
+    patch_size = tuple(int(p) for p in adapter.geometry.patch_size)
+    _check_inputs(inputs, patch_size)
+    count = inputs.shape[0]
+    device = inputs.device
+    if baseline == "zero" or (baseline == "mean" and adapter.geometry.channels == 1):
+        if normalises_raw_patches(adapter):
+            warnings.warn(
+                f"integrated gradients from the {baseline!r} baseline are degenerate for this model: "
+                "its patch embedding normalises every patch (LayerNorm), so the straight path from "
+                f"a {baseline} volume changes the logit only at its very start, and each token's "
+                "attributions sum to about 0. Use baseline='blur'",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    # Inference mode off and gradients on, whatever the caller's context; the inputs are copied
+    # so that tensors made under inference mode can enter the graph.
+    with torch.inference_mode(False), torch.enable_grad():
+        x = inputs.detach().clone()
+        with torch.no_grad():
+            logits, _ = _unperturbed_logits(adapter, x, batch_size)
+            targets = _resolve_targets(logits, targets)
+            x0 = baseline_inputs(x, baseline, patch_size)
+            base_logits, _ = _unperturbed_logits(adapter, x0, batch_size)
+        delta = x - x0
+        alphas = (torch.arange(steps, device=device, dtype=torch.float64) + 0.5) / steps
+        owners = torch.arange(count, device=device).repeat_interleave(steps)
+        points = alphas.repeat(count)
+        grad_sum = torch.zeros(inputs.shape, dtype=torch.float64, device=device)
+        for start in range(0, owners.shape[0], batch_size):
+            who = owners[start : start + batch_size]
+            alpha = points[start : start + batch_size].to(x.dtype).view(-1, 1, 1, 1, 1)
+            scaled = (x0[who] + alpha * delta[who]).detach().requires_grad_(True)
+            score = _target_scores(_forward(adapter, scaled), targets[who]).sum()
+            if not score.requires_grad:
+                raise SettingsError(
+                    "the class score does not depend on the input through autograd (the model "
+                    "detaches it or runs without gradients), so integrated gradients cannot be taken"
+                )
+            (grad,) = torch.autograd.grad(score, scaled)
+            grad_sum.index_add_(0, who, grad.double())
+        attributions = (delta.double() * grad_sum / steps).sum(dim=1).float()
+
+    return IntegratedGradientsResult(
+        attributions.detach(),
+        logits.detach(),
+        targets.detach(),
+        _target_scores(logits, targets).float().detach(),
+        _target_scores(base_logits, targets).float().detach(),
+    )
