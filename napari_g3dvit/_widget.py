@@ -65,7 +65,8 @@ TOOLTIPS = {
               "by how far the class probability falls when its hottest tokens are removed, and the most "
               "faithful one is used; the scores are in the result's tooltip.",
     "baseline": "What removed voxels become for occlusion, and where integrated gradients start (model "
-                "input space): the volume's mean, zero, or a blurred copy.",
+                "input space): the volume's mean, zero, or a blurred copy. Default: the mean for occlusion, "
+                "a blurred copy for integrated gradients on vit-pytorch models.",
     "pooling": "How G3D-ViT pools each token's gradients over channels (g3dvit only).",
     "target": "The class the map explains: the model's prediction, or a class you name.",
     "threshold": "Keep this percentage of the hottest tokens (5 as published; 100 keeps all).",
@@ -106,7 +107,8 @@ class ExplainWidget(Container):
         self.model_orientation = Label(label="orientation", value="")
         self.hook_layer = ComboBox(label="hook layer", choices=[])
         self.method = ComboBox(label="method", choices=[AUTO_CHOICE, *((m, m) for m in METHODS)], value=AUTO)
-        self.baseline = ComboBox(label="baseline", choices=BASELINES, value="mean")
+        self.baseline = ComboBox(label="baseline", choices=[("each method's default", None), *((b, b) for b in BASELINES)],
+                                 value=None)
         self.pooling = ComboBox(label="pooling", choices=POOLINGS, value="mean")
         self.target = ComboBox(label="target", choices=[PREDICTED], value=PREDICTED)
         self.threshold = FloatSpinBox(label="keep top %", value=DEFAULT_THRESHOLD, min=0.1, max=100.0, step=1.0)

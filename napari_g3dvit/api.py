@@ -19,7 +19,12 @@ from .models import find_adapter
 from .models.layers import probe_token_layers, resolve_layer
 from .models.preprocessing import Preprocessing
 from .cam.attention import attention_scores
-from .cam.perturbation import integrated_gradients, occlusion_scores, tokens_from_voxels
+from .cam.perturbation import (
+    integrated_gradients,
+    normalises_raw_patches,
+    occlusion_scores,
+    tokens_from_voxels,
+)
 from .options import (
     ATTENTION_METHODS,
     AUTO,
@@ -213,7 +218,7 @@ def explain(
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     preprocessing: dict | None = None,
-    baseline: str = "mean",
+    baseline: str | None = None,
     steps: int = 32,
     occlusion: str = "fast",
 ):
@@ -235,7 +240,10 @@ def explain(
     preprocessing: a spec (axes, crop, resample, normalize) overriding the one in the model's
                 config; the heatmap always comes back on the volume's own voxels.
     baseline:   occlusion and integrated gradients: what removed voxels become / where the path
-                starts (``BASELINES``: mean, zero, blur; in the model's input space).
+                starts (``BASELINES``: mean, zero, blur; in the model's input space). None: the
+                volume's mean for occlusion; for integrated gradients a blurred copy when the
+                model normalises each raw patch (vit-pytorch, where a zero or mean path only
+                rescales patches it cannot see), else zero.
     steps:      integrated gradients: points on the path.
     occlusion:  ``fast`` (coarse windows refined where the drop is large) or ``full`` (every
                 token on its own, N forwards per volume).
@@ -256,7 +264,8 @@ def explain(
         raise SettingsError("no method was given; choose from: " + ", ".join(METHODS))
     _check_choice(pooling, POOLINGS, "pooling")
     _check_choice(upsample, UPSAMPLE_MODES, "upsampling")
-    _check_choice(baseline, BASELINES, "baseline")
+    if baseline is not None:
+        _check_choice(baseline, BASELINES, "baseline")
     _check_choice(occlusion, OCCLUSION_MODES, "occlusion mode")
     if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold <= 100):
         raise SettingsError(f"threshold is the percentage of token values kept, in (0, 100], or None; got {threshold!r}")
@@ -334,13 +343,14 @@ def explain(
                 first = found[attention[0]]
                 logits, part_targets = first.logits, first.targets
             if "occlusion" in methods:
-                occluded = occlusion_scores(adapter, inputs, part_targets, baseline=baseline, mode=occlusion)
+                occluded = occlusion_scores(adapter, inputs, part_targets, baseline=baseline or "mean", mode=occlusion)
                 add_tokens(("occlusion", METHOD_LAYERS["occlusion"]), occluded.scores)
                 logits, part_targets = occluded.logits, occluded.targets
                 cost = extra[("occlusion", METHOD_LAYERS["occlusion"])]
                 cost["forwards"] = cost.get("forwards", 0) + occluded.cost.perturbed
             if "integrated-gradients" in methods:
-                integrated = integrated_gradients(adapter, inputs, part_targets, baseline=baseline, steps=steps)
+                start_from = baseline or ("blur" if normalises_raw_patches(adapter) else "zero")
+                integrated = integrated_gradients(adapter, inputs, part_targets, baseline=start_from, steps=steps)
                 add_voxels(("integrated-gradients", METHOD_LAYERS["integrated-gradients"]), integrated[0])
                 logits, part_targets = integrated[1], integrated[2]
             logits_parts.append(logits.detach().float().cpu())

@@ -54,7 +54,7 @@ def candidate_layers(model: nn.Module) -> list[str]:
 
 
 def choose_method(model: nn.Module, volumes, target=None, device=None, preprocessing: dict | None = None,
-                  occlusion_budget: int = DEFAULT_OCCLUSION_BUDGET, baseline: str = "mean",
+                  occlusion_budget: int = DEFAULT_OCCLUSION_BUDGET, baseline: str | None = None,
                   pooling: str = "mean") -> MethodChoice:
     """Score every candidate on ``volumes`` ((D, H, W) or (T, D, H, W)) and pick the best.
 
@@ -122,6 +122,6 @@ def explain_auto(model: nn.Module, volume, layer=None, choice: MethodChoice | No
     if choice is None:
         choice = choose_method(model, volume, target=settings.get("target"), device=settings.get("device"),
                                preprocessing=settings.get("preprocessing"),
-                               baseline=settings.get("baseline", "mean"), pooling=settings.get("pooling", "mean"))
+                               baseline=settings.get("baseline"), pooling=settings.get("pooling", "mean"))
     result = explain(model, volume, method=choice.method, layer=choice.layer, **settings)
     return type(result)(**{**result.__dict__, "extra": {**result.extra, "auto": choice.as_dict()}})

@@ -90,7 +90,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .options import METHODS
+    from .options import AUTO, METHODS
 
     parser = argparse.ArgumentParser(prog="g3dvit", description="Class-activation maps for 3D ViTs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", default="out/demo", help="folder for volume.nii.gz and heatmap.nii.gz")
     # An untrained ViT's LayerNorms still have the identity affine, which makes g3dvit maps
     # exactly empty (see README); the channel-weighted GradCAM shows the pipeline instead.
-    demo.add_argument("--method", default="gradcam", choices=METHODS)
+    demo.add_argument("--method", default="gradcam", choices=[*METHODS, AUTO])
     demo.add_argument("--threshold", type=float, default=5.0)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)

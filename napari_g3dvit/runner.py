@@ -348,7 +348,7 @@ class ExplainRun:
         rest = {k: v for k, v in self.settings.items() if k not in ("method", "layer")}
         target = rest.get("target")
         choice = choose_method(model, volume, target=target, device=rest.get("device"),
-                               baseline=rest.get("baseline", "mean"), pooling=rest.get("pooling", "mean"))
+                               baseline=rest.get("baseline"), pooling=rest.get("pooling", "mean"))
         return lambda chunk: explain_auto(model, chunk, choice=choice, **rest)
 
     def _heat_layer(self, parts: list) -> HeatLayer:

@@ -36,13 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import SettingsError, VolumeError
+from ..errors import ModelError, SettingsError, VolumeError
 
 Tensor = torch.Tensor
 Progress = Callable[[int, int], None]
 
 BASELINES = ("zero", "mean", "blur")
 OCCLUSION_MODES = ("fast", "full")
+FILLS = ("even", "smooth")
 
 
 # -- shared helpers ------------------------------------------------------------------------------
@@ -116,14 +117,18 @@ def baseline_inputs(inputs: Tensor, kind: str, patch_size: tuple[int, int, int])
     if kind == "mean":
         return inputs.mean(dim=(2, 3, 4), keepdim=True).expand_as(inputs).clone()
     if kind == "blur":
-        kernel = tuple(2 * int(p) - 1 for p in patch_size)
-        pad = []
-        for k in reversed(kernel):  # F.pad lists the last axis first
-            pad += [k // 2, k // 2]
-        flat = inputs.reshape(-1, 1, *inputs.shape[2:]).float()
-        padded = F.pad(flat, pad, mode="replicate")
-        blurred = F.avg_pool3d(padded, kernel_size=kernel, stride=1)
-        return blurred.reshape(inputs.shape).to(inputs.dtype)
+        # The box is separable, and so is repeating the edge: one axis at a time.
+        out = inputs.reshape(-1, 1, *inputs.shape[2:]).float()
+        for axis, p in enumerate(patch_size):
+            radius = int(p) - 1
+            if radius == 0:
+                continue
+            pad = [0] * 6
+            pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius  # F.pad lists the last axis first
+            kernel = [1, 1, 1]
+            kernel[axis] = 2 * radius + 1
+            out = F.avg_pool3d(F.pad(out, pad, mode="replicate"), kernel_size=kernel, stride=1)
+        return out.reshape(inputs.shape).to(inputs.dtype)
     raise SettingsError(f"unknown baseline {kind!r}; choose one of: {', '.join(BASELINES)}")
 
 
@@ -187,6 +192,9 @@ class OcclusionResult(tuple):
         result.cost = cost
         return result
 
+    def __getnewargs__(self):  # copy and pickle rebuild through __new__
+        return (*self, self.cost)
+
     @property
     def scores(self) -> Tensor:
         return self[0]
@@ -217,6 +225,25 @@ def _windows(grid: tuple[int, int, int], size: int) -> Tensor:
     return torch.stack([F.pad(r, (0, width - len(r)), value=-1) for r in rows])
 
 
+def occluded_inputs(inputs: Tensor, base: Tensor, owners: Tensor, regions: Tensor,
+                    patch_size: tuple[int, int, int]) -> Tensor:
+    """Perturbed copies: row j is ``inputs[owners[j]]`` with the voxels of the tokens in
+    ``regions[j]`` taken from ``base[owners[j]]`` (all channels).
+
+    inputs, base: [B, C, F, H, W]; owners: [n] input indices; regions: [n, M] token indices in
+    the engine's order, -1 for none. Returns [n, C, F, H, W].
+    """
+    grid = _check_inputs(inputs, patch_size)
+    num_tokens = math.prod(grid)
+    n = regions.shape[0]
+    tokens = torch.zeros(n, num_tokens + 1, dtype=torch.bool, device=regions.device)
+    tokens.scatter_(1, torch.where(regions < 0, num_tokens, regions), True)
+    voxels = tokens[:, :num_tokens].reshape(n, *grid)
+    for axis, size in enumerate(patch_size, start=1):
+        voxels = voxels.repeat_interleave(int(size), dim=axis)
+    return torch.where(voxels[:, None], base[owners], inputs[owners])
+
+
 class _Occluder:
     """Evaluates perturbed copies: a job is (input index, token indices to replace)."""
 
@@ -232,23 +259,13 @@ class _Occluder:
         self.total = 0
         self.calls = 0
 
-    def _masks(self, regions: Tensor) -> Tensor:
-        """Token index rows [n, M] (-1 = none) -> voxel masks [n, 1, F, H, W]."""
-        n = regions.shape[0]
-        tokens = torch.zeros(n, self.num_tokens + 1, dtype=torch.bool, device=regions.device)
-        tokens.scatter_(1, torch.where(regions < 0, self.num_tokens, regions), True)
-        voxels = tokens[:, : self.num_tokens].reshape(n, *self.grid)
-        for axis, size in enumerate(self.patch_size, start=1):
-            voxels = voxels.repeat_interleave(int(size), dim=axis)
-        return voxels[:, None]
-
     def drops(self, owners: Tensor, regions: Tensor) -> Tensor:
         """Drop of the target logit for each job: owners [J] (input index), regions [J, M] -> [J]."""
         out = []
         for start in range(0, owners.shape[0], self.batch_size):
             who = owners[start : start + self.batch_size]
-            mask = self._masks(regions[start : start + self.batch_size])
-            perturbed = torch.where(mask, self.base[who], self.inputs[who])
+            perturbed = occluded_inputs(self.inputs, self.base, who, regions[start : start + self.batch_size],
+                                        self.patch_size)
             logits = _forward(self.adapter, perturbed)
             self.calls += 1
             out.append(self.reference[who] - _target_scores(logits, self.targets[who]).float())
@@ -271,7 +288,8 @@ def occlusion_scores(
     *,
     window: int = 2,
     refine: float = 0.25,
-    grow: float = 0.1,
+    grow: float | None = 0.25,
+    limit: float = 0.5,
     fill: str = "even",
 ) -> OcclusionResult:
     """Per-token occlusion: how much the target's raw logit drops when a token's voxels are removed.
@@ -281,17 +299,34 @@ def occlusion_scores(
     inputs:     model inputs [B, C, frames, H, W].
     targets:    [B] class per input, or None for each input's predicted class.
     baseline:   what a removed patch's voxels become, one of ``BASELINES``.
-    batch_size: perturbed copies per model call.
+    batch_size: perturbed copies per model call (copies of different inputs share calls).
     mode:       ``full``: every token occluded on its own, N copies per input (the reference).
-                ``fast``: coarse to fine. Cubes of ``window`` tokens per axis (clipped at the
-                grid's edge) are occluded first; the windows with the largest drops (the top
-                ``refine`` fraction of them, at least one) are then occluded token by token, and
-                those tokens get their own drops. Every other token gets its window's drop
-                divided by the window's token count (its share if the drop were spread evenly).
-                When that plan would cost as much as ``full`` (tiny grids), ``full`` runs.
-    progress:   called as ``progress(done, total)`` in perturbed copies after each model call.
-                In ``fast`` mode ``total`` first assumes that every refined window is a whole
-                cube (an upper bound) and becomes exact once the windows to refine are chosen.
+                ``fast``: coarse to fine, per input:
+
+                1. cubes of ``window`` tokens per axis (clipped at the grid's edge) are occluded
+                   whole, one copy per window;
+                2. the ``refine`` fraction of windows with the largest drops (at least one) are
+                   occluded token by token;
+                3. growth: while a measured token's drop is at least ``grow`` times the largest
+                   measured drop, the windows holding its 26 grid neighbours are refined too
+                   (evidence is rarely cut neatly by the window grid, and a window can hide a
+                   strong token when its other tokens push the logit the other way); ``None``
+                   turns this off. No more than the ``limit`` fraction of the windows is ever
+                   refined; past it, the candidates with the largest window drops go first.
+
+                Measured tokens keep their own drops. Every other token gets an estimate from
+                its window's drop: ``fill="even"`` gives each token the window's drop divided by
+                its token count (the share of an evenly spread drop; an estimate never exceeds
+                what the window measured on average); ``fill="smooth"`` interpolates those
+                shares trilinearly between windows and shifts each window's estimates so that
+                they still sum to its drop (refined windows enter the interpolation with the
+                median of their tokens, so one strong token does not lift its neighbours).
+                Cost per input: at most ``W + (tokens of the limit * W largest windows)``
+                copies, W being the number of windows; when that bound reaches N (tiny grids)
+                ``full`` runs instead. ``result.cost`` says what was spent.
+    progress:   called as ``progress(done, total)``, in perturbed copies, after each model
+                call. In ``fast`` mode ``total`` is the cost bound above until the last call,
+                which reports ``(done, done)``.
 
     Returns an ``OcclusionResult``: ``(scores [B, N] float32, logits [B, K], targets [B])``, the
     logits of the unperturbed inputs, with ``.cost`` (an ``OcclusionCost``) attached.
@@ -300,10 +335,14 @@ def occlusion_scores(
         raise SettingsError(f"unknown baseline {baseline!r}; choose one of: {', '.join(BASELINES)}")
     if mode not in OCCLUSION_MODES:
         raise SettingsError(f"unknown occlusion mode {mode!r}; choose one of: {', '.join(OCCLUSION_MODES)}")
+    if fill not in FILLS:
+        raise SettingsError(f"unknown fill {fill!r}; choose one of: {', '.join(FILLS)}")
     _check_positive(batch_size, "batch_size")
     _check_positive(window, "window")
-    if not 0 < refine <= 1:
-        raise SettingsError(f"refine is the fraction of windows refined, in (0, 1]; got {refine!r}")
+    if not (0 < refine <= 1 and 0 < limit <= 1):
+        raise SettingsError(f"refine and limit are fractions of the windows, in (0, 1]; got {refine!r} and {limit!r}")
+    if grow is not None and not 0 < grow <= 1:
+        raise SettingsError(f"grow is a fraction of the largest drop, in (0, 1], or None; got {grow!r}")
     patch_size = tuple(int(p) for p in adapter.geometry.patch_size)
     grid = _check_inputs(inputs, patch_size)
     count, num_tokens = inputs.shape[0], math.prod(grid)
@@ -319,15 +358,21 @@ def occlusion_scores(
 
         windows = _windows(grid, window).to(device)  # [W, M]
         sizes = (windows >= 0).sum(dim=1)  # [W]
-        top = max(1, math.ceil(refine * windows.shape[0]))
-        planned = windows.shape[0] + int(sizes.sort(descending=True).values[:top].sum())
-        if mode == "full" or planned >= num_tokens:
+        n_windows = windows.shape[0]
+        first = max(1, math.ceil(refine * n_windows))
+        cap = max(first, math.ceil(limit * n_windows))
+        bound = n_windows + int(sizes.sort(descending=True).values[:cap].sum())
+        if mode == "full" or bound >= num_tokens:
             scores = _occlude_all(occluder, count, num_tokens, device)
             cost = OcclusionCost("full", count, num_tokens, occluder.done, occluder.calls)
         else:
-            scores, refined = _occlude_coarse_to_fine(occluder, count, windows, sizes, top, window, fill, grow)
+            occluder.total = count * bound
+            plan = _Plan(windows, sizes, grid, first, cap, grow, window, fill)
+            scores, refined = _occlude_coarse_to_fine(occluder, count, plan)
+            if progress is not None and occluder.done != occluder.total:
+                progress(occluder.done, occluder.done)
             cost = OcclusionCost("fast", count, num_tokens, occluder.done, occluder.calls,
-                                 windows=windows.shape[0], refined=refined)
+                                 windows=n_windows, refined=refined)
     return OcclusionResult(scores, logits, targets, cost)
 
 
@@ -339,55 +384,81 @@ def _occlude_all(occluder: _Occluder, count: int, num_tokens: int, device) -> Te
     return occluder.drops(owners, regions).reshape(count, num_tokens)
 
 
-def _smooth_fill(share: Tensor, sizes: Tensor, token_window: Tensor, grid, window_size: int) -> Tensor:
-    b = share.shape[0]
-    wgrid = tuple(math.ceil(g / window_size) for g in grid)
-    up = F.interpolate(share.reshape(b, 1, *wgrid), size=tuple(w * window_size for w in wgrid),
-                       mode="trilinear", align_corners=False)[:, 0, : grid[0], : grid[1], : grid[2]].reshape(b, -1)
-    means = torch.zeros_like(share).index_add_(1, token_window, up) / sizes.to(up.dtype)
-    return up - means[:, token_window] + share[:, token_window]
+@dataclass
+class _Plan:
+    """The coarse-to-fine settings, resolved for one token grid."""
+
+    windows: Tensor  # [W, M] token ids, -1 padded
+    sizes: Tensor  # [W] tokens per window
+    grid: tuple[int, int, int]
+    first: int  # windows refined first, by drop
+    cap: int  # most windows refined in all
+    grow: float | None
+    window: int
+    fill: str
+
+    def __post_init__(self):
+        valid = self.windows >= 0
+        ids = torch.arange(self.windows.shape[0], device=self.windows.device)
+        self.token_window = torch.empty(math.prod(self.grid), dtype=torch.int64, device=self.windows.device)
+        self.token_window[self.windows[valid]] = ids[:, None].expand_as(self.windows)[valid]
 
 
-def _occlude_coarse_to_fine(occluder: _Occluder, count: int, windows: Tensor, sizes: Tensor,
-                            top: int, window_size: int, fill: str, grow: float) -> tuple[Tensor, int]:
-    """Windows first, then chosen windows token by token: scores [B, N], windows refined."""
-    device = windows.device
-    n_windows, n_tokens = windows.shape[0], occluder.num_tokens
-    occluder.total = count * (n_windows + int(sizes.sort(descending=True).values[:top].sum()))
+def _occlude_coarse_to_fine(occluder: _Occluder, count: int, plan: _Plan) -> tuple[Tensor, int]:
+    """Windows, then the best windows token by token, then growth: scores [B, N], windows refined."""
+    windows, device = plan.windows, plan.windows.device
+    n_windows = windows.shape[0]
     owners = torch.arange(count, device=device).repeat_interleave(n_windows)
     coarse = occluder.drops(owners, windows.repeat(count, 1)).reshape(count, n_windows)
 
-    valid = windows >= 0
-    token_window = torch.empty(n_tokens, dtype=torch.int64, device=device)
-    token_window[windows[valid]] = torch.arange(n_windows, device=device)[:, None].expand_as(windows)[valid]
-
     # Ties in the drop keep the lower window index first (a stable sort), so plans are reproducible.
-    chosen = torch.sort(coarse, dim=1, descending=True, stable=True).indices[:, :top]  # [B, top]
+    order = torch.sort(coarse, dim=1, descending=True, stable=True).indices
     pending = torch.zeros(count, n_windows, dtype=torch.bool, device=device)
-    pending.scatter_(1, chosen, True)
+    pending.scatter_(1, order[:, : plan.first], True)
     refined = torch.zeros_like(pending)
-    measured = torch.full((count, n_tokens), float("nan"), device=device)
+    measured = torch.full((count, math.prod(plan.grid)), float("nan"), device=device)
     while bool(pending.any()):
         who, which = pending.nonzero(as_tuple=True)
         rows = windows[which]  # [R, M]
         keep = rows >= 0
         tokens, job_owners = rows[keep], who[:, None].expand_as(rows)[keep]
-        occluder.total = occluder.done + int(tokens.shape[0])
         measured[job_owners, tokens] = occluder.drops(job_owners, tokens[:, None])
         refined |= pending
-        pending = _windows_to_grow(measured, grow, token_window, occluder.grid) & ~refined if grow > 0 else refined & False
+        if plan.grow is None:
+            break
+        candidates = _windows_to_grow(measured, plan.grow, plan.token_window, plan.grid, n_windows) & ~refined
+        pending = _within_budget(candidates, coarse, plan.cap - refined.sum(dim=1))
 
-    share = coarse / sizes.to(coarse.dtype)  # [B, W] a token's even share of its window's drop
-    if fill == "smooth":
-        # Refined windows enter the interpolation with the median of their tokens, so that one
-        # strong token does not raise its neighbours' values.
+    share = coarse / plan.sizes.to(coarse.dtype)  # [B, W] a token's even share of its window's drop
+    if plan.fill == "smooth":
         field = torch.where(refined, _window_medians(measured, windows), share)
-        scores = _smooth_fill(field, sizes, token_window, occluder.grid, window_size)
+        scores = _smooth_fill(field, plan.sizes, plan.token_window, plan.grid, plan.window)
     else:
-        scores = share[:, token_window]
+        scores = share[:, plan.token_window]
     done = ~torch.isnan(measured)
     scores[done] = measured[done]
     return scores, int(refined.sum())
+
+
+def _within_budget(candidates: Tensor, coarse: Tensor, room: Tensor) -> Tensor:
+    """Of the candidate windows [B, W], the ``room`` [B] with the largest window drops."""
+    key = torch.where(candidates, coarse, torch.full_like(coarse, float("-inf")))
+    order = torch.sort(key, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return candidates & (rank < room[:, None])
+
+
+def _smooth_fill(field: Tensor, sizes: Tensor, token_window: Tensor, grid, window: int) -> Tensor:
+    """Per-window values [B, W] spread over the tokens [B, N]: trilinear between window centres,
+    then shifted per window so that each window's tokens average to its own value."""
+    b = field.shape[0]
+    wgrid = tuple(math.ceil(g / window) for g in grid)
+    up = F.interpolate(field.reshape(b, 1, *wgrid), size=tuple(w * window for w in wgrid),
+                       mode="trilinear", align_corners=False)
+    up = up[:, 0, : grid[0], : grid[1], : grid[2]].reshape(b, -1)
+    means = torch.zeros_like(field).index_add_(1, token_window, up) / sizes.to(up.dtype)
+    return up - means[:, token_window] + field[:, token_window]
 
 
 def _window_medians(measured: Tensor, windows: Tensor) -> Tensor:
@@ -397,19 +468,18 @@ def _window_medians(measured: Tensor, windows: Tensor) -> Tensor:
     return padded[:, rows].nanmedian(dim=2).values
 
 
-def _windows_to_grow(measured: Tensor, grow: float, token_window: Tensor, grid) -> Tensor:
-    """Windows touching a strong measured token: [B, N] -> [B, W] bool.
+def _windows_to_grow(measured: Tensor, grow: float, token_window: Tensor, grid, n_windows: int) -> Tensor:
+    """Windows holding a grid neighbour of a strong measured token: [B, N] -> [B, W] bool.
 
-    A token is strong when its drop is at least ``grow`` times the largest drop measured for its
-    input (and positive); the windows of its 26 grid neighbours are marked.
+    A token is strong when its drop is positive and at least ``grow`` times the largest drop
+    measured for its input.
     """
     values = torch.nan_to_num(measured, nan=float("-inf"))
     peak = values.amax(dim=1, keepdim=True)
-    strong = (values >= grow * peak) & (peak > 0)
+    strong = (values >= grow * peak) & (values > 0)
     near = F.max_pool3d(strong.reshape(-1, 1, *grid).float(), kernel_size=3, stride=1, padding=1)
-    near = near.reshape(measured.shape) > 0
-    marked = torch.zeros(measured.shape[0], int(token_window.max()) + 1, dtype=torch.bool, device=measured.device)
-    who, token = near.nonzero(as_tuple=True)
+    who, token = (near.reshape(measured.shape) > 0).nonzero(as_tuple=True)
+    marked = torch.zeros(measured.shape[0], n_windows, dtype=torch.bool, device=measured.device)
     marked[who, token_window[token]] = True
     return marked
 
@@ -452,6 +522,9 @@ class IntegratedGradientsResult(tuple):
         result = super().__new__(cls, (attributions, logits, targets))
         result.input_scores, result.baseline_scores = input_scores, baseline_scores
         return result
+
+    def __getnewargs__(self):  # copy and pickle rebuild through __new__
+        return (*self, self.input_scores, self.baseline_scores)
 
     @property
     def attributions(self) -> Tensor:
@@ -563,7 +636,7 @@ def integrated_gradients(
             scaled = (x0[who] + alpha * delta[who]).detach().requires_grad_(True)
             score = _target_scores(_forward(adapter, scaled), targets[who]).sum()
             if not score.requires_grad:
-                raise SettingsError(
+                raise ModelError(
                     "the class score does not depend on the input through autograd (the model "
                     "detaches it or runs without gradients), so integrated gradients cannot be taken"
                 )
