@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from .adapter import class_scores
+from .building import ViTClassifier, head_layers, load_strict, split_vit
 from .checkpoint import CheckpointError, read_checkpoint
 from .config import (
     CURRENT_LAYOUT,
@@ -37,68 +37,6 @@ from .preprocessing import Preprocessing
 
 CONFIG_METADATA_KEY = "g3dvit_config"
 
-
-class ViTClassifier(nn.Module):
-    """A 3D ViT, optionally followed by a classifier head: [B, C, F, H, W] -> logits [B, K].
-
-    ``g3dvit_config`` holds the validated config (preprocessing, class names, ...).
-    """
-
-    def __init__(self, vit: nn.Module, head: nn.Module | None, config: dict):
-        super().__init__()
-        self.vit = vit
-        self.head = head if head is not None else nn.Identity()
-        self.g3dvit_config = config
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(class_scores(self.vit(x)))
-
-
-# -- splitting a state dict -------------------------------------------------------------------
-
-def _natural_key(name: str):
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
-def _split_vit(tensors: Mapping[str, torch.Tensor], anchor: str, source: str) -> tuple[dict, dict]:
-    """(ViT tensors without their prefix, all other tensors), finding the ViT by ``anchor``."""
-    anchors = [k for k in tensors if k == anchor or k.endswith("." + anchor)]
-    if not anchors:
-        sample = ", ".join(sorted(tensors)[:6])
-        raise ModelError(
-            f"{source} does not hold a 3D ViT of the configured kind: no '{anchor}' tensor "
-            f"(it has {len(tensors)} tensors such as {sample})"
-        )
-    if len(anchors) > 1:
-        raise ModelError(f"{source} holds several ViTs ({', '.join(anchors)}); keep one per file")
-    prefix = anchors[0][: -len(anchor)]
-    vit = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    rest = {k: v for k, v in tensors.items() if not k.startswith(prefix)}
-    return vit, rest
-
-
-def _head_layers(rest: Mapping[str, torch.Tensor], source: str) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
-    """The tensors after the ViT as a chain of Linear layers: [(module path, weight, bias)]."""
-    groups: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in rest.items():
-        module, _, leaf = key.rpartition(".")
-        groups.setdefault(module, {})[leaf] = value
-    layers = []
-    for module in sorted(groups, key=_natural_key):
-        parts = groups[module]
-        weight = parts.pop("weight", None)
-        bias = parts.pop("bias", None)
-        if weight is None or weight.ndim != 2 or parts or (bias is not None and bias.shape != weight.shape[:1]):
-            names = ", ".join(f"{module}.{leaf}" for leaf in groups[module])
-            raise ModelError(
-                f"{source} holds tensors outside the ViT that are not a Linear layer of a classifier "
-                f"head: {names}"
-            )
-        layers.append((module, weight, bias))
-    return layers
-
-
-# -- config inference -------------------------------------------------------------------------
 
 def _infer_vit_pytorch(vit: Mapping[str, torch.Tensor], given: dict, source: str) -> dict:
     """Fill the ``vit`` section from tensor shapes; ConfigError lists what is still needed."""
@@ -219,26 +157,6 @@ def _legacy_patch_order(vit: dict, cfg: dict) -> dict:
     return vit
 
 
-def _load_strict(module: nn.Module, tensors: Mapping[str, torch.Tensor], what: str, source: str) -> None:
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensor(s): {', '.join(missing[:6])}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} tensor(s): {', '.join(unexpected[:6])}")
-        raise ModelError(f"{source} does not match the {what} its config describes: {'; '.join(parts)}")
-    for key, value in expected.items():
-        if tuple(tensors[key].shape) != tuple(value.shape):
-            raise ModelError(
-                f"{source}: tensor '{key}' has shape {tuple(tensors[key].shape)}, but the {what} "
-                f"its config describes needs {tuple(value.shape)}"
-            )
-    module.load_state_dict(dict(tensors), strict=True)
-
-
 def _vit_pytorch_version() -> str:
     try:
         return version("vit-pytorch")
@@ -257,9 +175,9 @@ def build_from_tensors(tensors: Mapping[str, torch.Tensor], config: dict | None,
         return build_monai(tensors, given, source)
     if arch != "vit-pytorch-3d":
         validate(given)  # raises the architecture error
-    vit_t, rest = _split_vit(tensors, "pos_embedding", source)
+    vit_t, rest = split_vit(tensors, "pos_embedding", source)
     given["vit"] = _infer_vit_pytorch(vit_t, dict(given.get("vit") or {}), source)
-    layers = _head_layers(rest, source)
+    layers = head_layers(rest, source)
     given["head"] = _infer_head(layers, given.get("head"), given["vit"]["num_classes"], source)
     cfg = validate(given)
     if cfg["patch_layout"] == LEGACY_LAYOUT:
@@ -267,7 +185,7 @@ def build_from_tensors(tensors: Mapping[str, torch.Tensor], config: dict | None,
     from .vit_pytorch3d import import_vit3d
 
     vit = import_vit3d().ViT(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["vit"].items()})
-    _load_strict(vit, vit_t, "vit-pytorch 3D ViT", source)
+    load_strict(vit, vit_t, "vit-pytorch 3D ViT", source)
     vit.g3dvit_input_shape = input_shape(cfg)
     head = _build_head(cfg["head"])
     if head is not None:
@@ -277,7 +195,7 @@ def build_from_tensors(tensors: Mapping[str, torch.Tensor], config: dict | None,
             head_t[f"{index}.weight"] = weight
             if bias is not None:
                 head_t[f"{index}.bias"] = bias
-        _load_strict(head, head_t, "classifier head", source)
+        load_strict(head, head_t, "classifier head", source)
     cfg["patch_layout"] = CURRENT_LAYOUT  # the tensors are in the current layout from here on
     Preprocessing.from_config(cfg.get("preprocessing"))  # check it now, not at explain time
     return ViTClassifier(vit, head, cfg).eval()

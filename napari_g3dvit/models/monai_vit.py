@@ -73,20 +73,20 @@ def build_monai(tensors: Mapping[str, torch.Tensor], config: dict, source: str) 
         from monai.networks.nets import ViT
     except ImportError as err:
         raise ModelError("this checkpoint is a MONAI ViT; install MONAI first: pip install monai") from err
-    from .loading import ViTClassifier, _head_layers, _load_strict, _split_vit
+    from .building import ViTClassifier, head_layers, load_strict, split_vit
     from .preprocessing import Preprocessing
 
     kwargs = check_monai_section(config.get("monai"))
     kwargs["classification"] = True
-    vit_t, rest = _split_vit(tensors, "patch_embedding.position_embeddings", source)
+    vit_t, rest = split_vit(tensors, "patch_embedding.position_embeddings", source)
     if rest:
-        names = ", ".join(name for name, _, _ in _head_layers(rest, source))
+        names = ", ".join(name for name, _, _ in head_layers(rest, source))
         raise ModelError(f"{source} holds tensors outside the MONAI ViT ({names}); heads after a MONAI ViT are not supported")
     try:
         vit = ViT(**kwargs)
     except (TypeError, ValueError, AssertionError) as err:
         raise ModelError(f"the config's 'monai' section does not make a MONAI ViT: {err}") from err
-    _load_strict(vit, vit_t, "MONAI ViT", source)
+    load_strict(vit, vit_t, "MONAI ViT", source)
     size = kwargs["img_size"]
     vit.g3dvit_input_shape = tuple(size) if isinstance(size, (list, tuple)) else (size,) * 3
     cfg = dict(config, head=None)
