@@ -19,6 +19,7 @@ from .models import find_adapter
 from .models.layers import probe_token_layers, resolve_layer
 from .models.preprocessing import Preprocessing
 from .cam.attention import attention_scores
+from .cam.gradmask import gradmask_scores
 from .cam.perturbation import (
     integrated_gradients,
     normalises_raw_patches,
@@ -348,6 +349,12 @@ def explain(
                 logits, part_targets = occluded.logits, occluded.targets
                 cost = extra[("occlusion", METHOD_LAYERS["occlusion"])]
                 cost["forwards"] = cost.get("forwards", 0) + occluded.cost.perturbed
+            if "gradmask" in methods:
+                masked = gradmask_scores(adapter, inputs, part_targets, baseline=baseline or "mean")
+                add_tokens(("gradmask", METHOD_LAYERS["gradmask"]), masked.scores)
+                logits, part_targets = masked.logits, masked.targets
+                cost = extra[("gradmask", METHOD_LAYERS["gradmask"])]
+                cost["forwards"] = cost.get("forwards", 0) + masked.masks * len(inputs)
             if "integrated-gradients" in methods:
                 start_from = baseline or ("blur" if normalises_raw_patches(adapter) else "zero")
                 integrated = integrated_gradients(adapter, inputs, part_targets, baseline=start_from, steps=steps)

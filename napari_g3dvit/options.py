@@ -7,7 +7,7 @@ CAM_METHODS: tuple[str, ...] = ("g3dvit", "gradcam", "layercam", "gradcam-elemen
 #: Methods reading every block's attention probabilities (see ``cam/attention.py``).
 ATTENTION_METHODS: tuple[str, ...] = ("attention-rollout", "grad-rollout", "legrad")
 #: Methods that perturb the input and call the model many times (see ``cam/perturbation.py``).
-PERTURBATION_METHODS: tuple[str, ...] = ("occlusion", "integrated-gradients")
+PERTURBATION_METHODS: tuple[str, ...] = ("occlusion", "integrated-gradients", "gradmask")
 #: Every method ``explain`` computes.
 METHODS: tuple[str, ...] = CAM_METHODS + ATTENTION_METHODS + PERTURBATION_METHODS
 #: ``explain(method=AUTO)`` picks the most faithful candidate on the volume itself.
@@ -17,6 +17,7 @@ METHOD_LAYERS: dict[str, str] = {
     **{m: "attention (all blocks)" for m in ATTENTION_METHODS},
     "occlusion": "input (occluded tokens)",
     "integrated-gradients": "input (voxels)",
+    "gradmask": "Q/K/V gradients (all blocks)",
 }
 #: What replaces removed voxels in occlusion, and where integrated gradients start.
 BASELINES: tuple[str, ...] = ("mean", "zero", "blur")
