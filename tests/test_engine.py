@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import napari_g3dvit as g3d
+from napari_g3dvit.options import CAM_METHODS
 from napari_g3dvit.models import find_adapter
 from napari_g3dvit.models.vit_pytorch3d import _cls_readout_forward
 
@@ -98,11 +99,11 @@ def test_one_forward_for_all_methods_and_layers(vit, volume):
     handle = vit.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
         layers = ["transformer.layers.0.1.net.0", "transformer.layers.1.0.norm"]
-        out = g3d.explain(vit, volume, method=list(g3d.METHODS), layer=layers)
+        out = g3d.explain(vit, volume, method=list(CAM_METHODS), layer=layers)
     finally:
         handle.remove()
     assert len(calls) == 1
-    assert set(out) == {(m, n) for m in g3d.METHODS for n in layers}
+    assert set(out) == {(m, n) for m in CAM_METHODS for n in layers}
     single = g3d.explain(vit, volume, method="hirescam", layer=layers[0])
     np.testing.assert_allclose(out[("hirescam", layers[0])].heatmap, single.heatmap, atol=1e-6)
 

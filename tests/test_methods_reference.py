@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import napari_g3dvit as g3d
+from napari_g3dvit.options import CAM_METHODS
 
 from conftest import TINY_GRID
 
@@ -62,8 +63,8 @@ def reference_map(scores, percent=None):
                                    "transformer.layers.1.0.to_qkv"])
 def test_every_method_matches_full_backward(vit, volume, layer):
     a, g, target = full_backward(vit, volume, layer)
-    results = g3d.explain(vit, volume, method=list(g3d.METHODS), layer=layer, threshold=None)
-    assert set(results) == set(g3d.METHODS)
+    results = g3d.explain(vit, volume, method=list(CAM_METHODS), layer=layer, threshold=None)
+    assert set(results) == set(CAM_METHODS)
     for method, exp in results.items():
         expected = reference_map(reference_scores(method, a, g))
         np.testing.assert_allclose(exp.token_map, expected, atol=2e-5, err_msg=method)
@@ -81,7 +82,7 @@ def test_g3dvit_poolings_match_reference(vit, volume, pooling):
 def test_reference_with_head_and_chosen_target(vit_with_head, volume):
     layer = "vit.transformer.layers.1.0.norm"
     a, g, _ = full_backward(vit_with_head, volume, layer, target=0)
-    for method in g3d.METHODS:
+    for method in CAM_METHODS:
         exp = g3d.explain(vit_with_head, volume, method=method, target=0, threshold=10)
         expected = reference_map(reference_scores(method, a, g), percent=10)
         np.testing.assert_allclose(exp.token_map, expected, atol=2e-5, err_msg=method)
@@ -106,7 +107,7 @@ def test_g3dvit_is_empty_on_the_residual_stream(vit, volume):
     a, g, _ = full_backward(vit, volume, layer)
     assert np.abs(g.mean(1)).max() < 1e-6 * np.abs(g).mean()
     with pytest.warns(RuntimeWarning, match="zero everywhere"):
-        results = g3d.explain(vit, volume, method=list(g3d.METHODS), layer=layer, threshold=None)
+        results = g3d.explain(vit, volume, method=list(CAM_METHODS), layer=layer, threshold=None)
     assert not results["g3dvit"].heatmap.any()
     for method in ("gradcam", "layercam", "gradcam-elementwise", "hirescam"):
         expected = reference_map(reference_scores(method, a, g))
