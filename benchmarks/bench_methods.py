@@ -66,36 +66,33 @@ def main() -> None:
         "auto (choice + chosen map)": lambda: g3d.explain(model, volume, method="auto", **common),
         "auto, choice reused": lambda: g3d.explain(model, volume, method=choice.method, layer=choice.layer, **common),
     }
-    with torch.no_grad():
-        model(inputs)
-    times: dict[str, list[float]] = {name: [] for name in cases}
     with torch.no_grad():  # warm-up of the shared paths (the slow cases warm themselves)
         cases["forward only (inference)"]()
     cases["g3dvit (published default)"]()
-    for _ in range(args.repeats):
-        for name, fn in cases.items():
+    print(f"\nfMRI ViT (90^3, 1000 tokens), {device}, torch {torch.__version__}, median of {args.repeats}\n")
+    print(f"auto chose {choice.method} @ {choice.layer} on this volume\n")
+    print("| case | seconds | x inference |")
+    print("|---|---:|---:|", flush=True)
+    base = None
+    for name, fn in cases.items():  # each row as soon as it is measured
+        runs = []
+        for _ in range(args.repeats):
             if name == "forward only (inference)":
                 with torch.no_grad():
-                    times[name].append(timed(fn, device))
+                    runs.append(timed(fn, device))
             else:
-                times[name].append(timed(fn, device))
-    base = statistics.median(times["forward only (inference)"])
+                runs.append(timed(fn, device))
+        seconds = statistics.median(runs)
+        base = base or seconds
+        print(f"| {name} | {seconds:.2f} | {seconds / base:.1f} |", flush=True)
     occ = g3d.explain(model, volume, method="occlusion", **common)
-    print(f"\nfMRI ViT (90^3, 1000 tokens), {device}, torch {torch.__version__}, median of {args.repeats}\n")
-    print(f"auto chose {choice.method} @ {choice.layer}; occlusion (fast) used {occ.extra['forwards']} "
-          f"perturbed forwards for 1000 tokens\n")
-    print("| case | seconds | x inference |")
-    print("|---|---:|---:|")
-    for name in cases:
-        seconds = statistics.median(times[name])
-        print(f"| {name} | {seconds:.2f} | {seconds / base:.1f} |")
+    print(f"\nocclusion (fast) used {occ.extra['forwards']} perturbed forwards for 1000 tokens", flush=True)
     if args.full_occlusion:
-        seconds = timed(lambda: g3d.explain(model, volume, method="occlusion", occlusion="full", **common), device)
+        started = time.perf_counter()
         full = g3d.explain(model, volume, method="occlusion", occlusion="full", **common)
-        rho = spearman(occ.token_map, full.token_map)
-        print(f"| occlusion (full, 1000 forwards) | {seconds:.2f} | {seconds / base:.1f} |")
-        print(f"\nfast vs full occlusion token ranking: Spearman {rho:.3f}")
-
+        seconds = time.perf_counter() - started
+        print(f"occlusion (full, 1000 forwards): {seconds:.2f} s, {seconds / base:.1f} x inference; "
+              f"fast vs full token ranking: Spearman {spearman(occ.token_map, full.token_map):.3f}")
 
 if __name__ == "__main__":
     main()

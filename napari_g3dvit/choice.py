@@ -44,6 +44,13 @@ def _label(method: str, layer: str) -> str:
     return f"{method} @ {layer}"
 
 
+def worst_occlusion_forwards(tokens: int) -> int:
+    """Forwards fast occlusion may need for one volume at most: every 2x2x2 window once, then at
+    most half the windows refined token by token."""
+    windows = -(-tokens // 8)
+    return windows + tokens // 2
+
+
 def candidate_layers(model: nn.Module) -> list[str]:
     """The first and the last block's attention-input LayerNorm (the CAM candidates' layers)."""
     from .models import find_adapter
@@ -58,8 +65,8 @@ def choose_method(model: nn.Module, volumes, target=None, device=None, preproces
                   pooling: str = "mean") -> MethodChoice:
     """Score every candidate on ``volumes`` ((D, H, W) or (T, D, H, W)) and pick the best.
 
-    occlusion_budget: forwards per volume occlusion may take to be a candidate (its fast mode
-    needs about an eighth of the tokens plus the refined windows); 0 leaves it out.
+    occlusion_budget: forwards per volume occlusion may take at most to be a candidate (fast mode:
+    an eighth of the tokens, plus up to half of them refined); 0 leaves it out.
     """
     from .api import _as_series, _targets, explain, resolve_device
     from .cam.engine import prepared_model
@@ -76,7 +83,7 @@ def choose_method(model: nn.Module, volumes, target=None, device=None, preproces
             target = list(np.asarray(target)[picks])
     layers = candidate_layers(model)
     families = [list(CAM_METHODS), list(ATTENTION_METHODS)]
-    if occlusion_budget and adapter.geometry.num_patches // 8 + 16 <= occlusion_budget:
+    if occlusion_budget and worst_occlusion_forwards(adapter.geometry.num_patches) <= occlusion_budget:
         families.append(["occlusion"])
     common = dict(target=target, threshold=None, device=device, preprocessing=preprocessing, baseline=baseline,
                   pooling=pooling)
