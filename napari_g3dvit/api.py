@@ -358,8 +358,8 @@ def explain(
             if "integrated-gradients" in methods:
                 start_from = baseline or ("blur" if normalises_raw_patches(adapter) else "zero")
                 integrated = integrated_gradients(adapter, inputs, part_targets, baseline=start_from, steps=steps)
-                add_voxels(("integrated-gradients", METHOD_LAYERS["integrated-gradients"]), integrated[0])
-                logits, part_targets = integrated[1], integrated[2]
+                add_voxels(("integrated-gradients", METHOD_LAYERS["integrated-gradients"]), integrated.scores)
+                logits, part_targets = integrated.logits, integrated.targets
             logits_parts.append(logits.detach().float().cpu())
             target_parts.append(part_targets.detach().cpu())
             if progress is not None:

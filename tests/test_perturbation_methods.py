@@ -56,10 +56,11 @@ def test_full_occlusion_equals_a_plain_loop():
     seen = []
     with prepared_model(model, CPU):
         inside = model_state(model)
-        scores, logits, used = pert.occlusion_scores(
+        result = pert.occlusion_scores(
             adapter, inputs, targets, baseline="mean", batch_size=5, mode="full",
             progress=lambda done, total: seen.append((done, total)),
         )
+        scores, logits, used = result.scores, result.logits, result.targets
         result = pert.occlusion_scores(adapter, inputs, None, baseline="mean", mode="full")
         assert model_state(model) == inside
         with torch.no_grad():
@@ -272,8 +273,8 @@ def test_integrated_gradients_equal_a_plain_loop_and_leave_the_model_alone():
     with prepared_model(model, CPU):
         inside = model_state(model)
         with torch.no_grad():  # a caller's no_grad context must not matter
-            attributions, logits, used = pert.integrated_gradients(adapter, inputs, targets, baseline="blur",
-                                                                   steps=8, batch_size=5)
+            result = pert.integrated_gradients(adapter, inputs, targets, baseline="blur", steps=8, batch_size=5)
+            attributions, logits, used = result.attributions, result.logits, result.targets
         assert model_state(model) == inside
         base = pert.baseline_inputs(inputs, "blur", PATCH)
         expected = torch.stack([plain_integrated_gradients(model, inputs[b], base[b], t, 8)

@@ -27,13 +27,13 @@ Every hook is removed and every flag restored in ``finally``, also when the forw
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import ModelError, SettingsError
+from .result import MethodResult
 
 Tensor = torch.Tensor
 
@@ -41,18 +41,9 @@ ATTENTION_METHODS = ("attention-rollout", "grad-rollout", "legrad")
 GRADIENT_METHODS = frozenset({"grad-rollout", "legrad"})
 
 
-@dataclass
-class AttentionResult:
-    """One attention-based method's output for a batch.
-
-    scores:  [B, N] raw scores of the N patch tokens (before ReLU, min-max and threshold).
-    logits:  [B, K] class scores of the whole model (detached).
-    targets: [B] class explained (each input's argmax when none was given).
-    """
-
-    scores: Tensor
-    logits: Tensor
-    targets: Tensor
+class AttentionResult(MethodResult):
+    """One attention-based method's output for a batch: ``scores`` [B, N] raw patch-token scores
+    (before ReLU, min-max and threshold), ``logits`` [B, K], ``targets`` [B]."""
 
 
 # -- where the attention probabilities are ----------------------------------------------------

@@ -28,18 +28,17 @@ from torch import nn
 from ..errors import ModelError, SettingsError
 from .perturbation import baseline_inputs
 from .postprocess import tokens_to_voxels
+from .result import MethodResult
 
 Tensor = torch.Tensor
 
 
 @dataclass
-class GradMaskResult:
-    """scores [B, N] (raw, >= 0), logits [B, K] of the unmasked inputs, targets [B], masks per input."""
+class GradMaskResult(MethodResult):
+    """``scores`` [B, N] (raw, >= 0), ``logits`` [B, K] of the unmasked inputs, ``targets`` [B],
+    and the number of masks scored per input."""
 
-    scores: Tensor
-    logits: Tensor
-    targets: Tensor
-    masks: int
+    masks: int = 0
 
 
 def qkv_modules(adapter) -> list[nn.Module]:

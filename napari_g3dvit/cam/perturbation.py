@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError, SettingsError, VolumeError
+from .result import MethodResult
 
 Tensor = torch.Tensor
 Progress = Callable[[int, int], None]
@@ -182,30 +183,11 @@ class OcclusionCost:
         return self.perturbed / max(self.volumes, 1)
 
 
-class OcclusionResult(tuple):
-    """``(scores [B, N], logits [B, K], targets [B])``, unpacked like a plain tuple, with ``cost``."""
+@dataclass
+class OcclusionResult(MethodResult):
+    """``scores`` [B, N], ``logits`` [B, K], ``targets`` [B], and what the call ``cost``."""
 
-    cost: OcclusionCost
-
-    def __new__(cls, scores: Tensor, logits: Tensor, targets: Tensor, cost: OcclusionCost):
-        result = super().__new__(cls, (scores, logits, targets))
-        result.cost = cost
-        return result
-
-    def __getnewargs__(self):  # copy and pickle rebuild through __new__
-        return (*self, self.cost)
-
-    @property
-    def scores(self) -> Tensor:
-        return self[0]
-
-    @property
-    def logits(self) -> Tensor:
-        return self[1]
-
-    @property
-    def targets(self) -> Tensor:
-        return self[2]
+    cost: OcclusionCost | None = None
 
 
 def _windows(grid: tuple[int, int, int], size: int) -> Tensor:
@@ -373,7 +355,7 @@ def occlusion_scores(
                 progress(occluder.done, occluder.done)
             cost = OcclusionCost("fast", count, num_tokens, occluder.done, occluder.calls,
                                  windows=n_windows, refined=refined)
-    return OcclusionResult(scores, logits, targets, cost)
+    return OcclusionResult(scores, logits, targets, cost=cost)
 
 
 def _occlude_all(occluder: _Occluder, count: int, num_tokens: int, device) -> Tensor:
@@ -505,38 +487,22 @@ def normalises_raw_patches(adapter) -> bool:
     return False
 
 
-class IntegratedGradientsResult(tuple):
-    """``(attributions [B, F, H, W], logits [B, K], targets [B])``, unpacked like a plain tuple.
+@dataclass
+class IntegratedGradientsResult(MethodResult):
+    """``scores`` holds the attributions [B, F, H, W]; ``logits`` [B, K]; ``targets`` [B].
 
-    Attached: ``input_scores`` [B] and ``baseline_scores`` [B], the target's raw logit at the
-    input and at the baseline, and ``gap`` [B] = sum of the attributions minus their difference
-    (completeness says it tends to 0 as ``steps`` grows); ``relative_gap`` divides it by that
-    difference's magnitude.
+    ``input_scores`` [B] and ``baseline_scores`` [B] are the target's raw logit at the input and
+    at the baseline; ``gap`` [B] = sum of the attributions minus their difference (completeness
+    says it tends to 0 as ``steps`` grows); ``relative_gap`` divides it by that difference's
+    magnitude.
     """
 
-    input_scores: Tensor
-    baseline_scores: Tensor
-
-    def __new__(cls, attributions: Tensor, logits: Tensor, targets: Tensor, input_scores: Tensor,
-                baseline_scores: Tensor):
-        result = super().__new__(cls, (attributions, logits, targets))
-        result.input_scores, result.baseline_scores = input_scores, baseline_scores
-        return result
-
-    def __getnewargs__(self):  # copy and pickle rebuild through __new__
-        return (*self, self.input_scores, self.baseline_scores)
+    input_scores: Tensor | None = None
+    baseline_scores: Tensor | None = None
 
     @property
     def attributions(self) -> Tensor:
-        return self[0]
-
-    @property
-    def logits(self) -> Tensor:
-        return self[1]
-
-    @property
-    def targets(self) -> Tensor:
-        return self[2]
+        return self.scores
 
     @property
     def gap(self) -> Tensor:
@@ -648,6 +614,6 @@ def integrated_gradients(
         attributions.detach(),
         logits.detach(),
         targets.detach(),
-        _target_scores(logits, targets).float().detach(),
-        _target_scores(base_logits, targets).float().detach(),
+        input_scores=_target_scores(logits, targets).float().detach(),
+        baseline_scores=_target_scores(base_logits, targets).float().detach(),
     )
