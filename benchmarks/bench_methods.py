@@ -52,6 +52,7 @@ def main() -> None:
     inputs = volume[None, None].to(device)
     choice = choose_method(model, volume.numpy(), device=device)
     common = dict(device=device, threshold=None)
+    kept: dict = {}  # the timed occlusion map, for its forward count and the comparison with full
     cases = {
         "forward only (inference)": lambda: model(inputs),
         "g3dvit (published default)": lambda: g3d.explain(model, volume, method="g3dvit", **common),
@@ -60,7 +61,8 @@ def main() -> None:
         "legrad": lambda: g3d.explain(model, volume, method="legrad", **common),
         "all CAM + attention methods, one call": lambda: g3d.explain(
             model, volume, method=list(g3d.METHODS[:8]), **common),
-        "occlusion (fast)": lambda: g3d.explain(model, volume, method="occlusion", **common),
+        "occlusion (fast)": lambda: kept.__setitem__("occlusion", g3d.explain(model, volume, method="occlusion",
+                                                                               **common)),
         "integrated-gradients (32 steps)": lambda: g3d.explain(model, volume, method="integrated-gradients",
                                                               baseline="blur", **common),
         "auto (choice + chosen map)": lambda: g3d.explain(model, volume, method="auto", **common),
@@ -70,7 +72,7 @@ def main() -> None:
         cases["forward only (inference)"]()
     cases["g3dvit (published default)"]()
     print(f"\nfMRI ViT (90^3, 1000 tokens), {device}, torch {torch.__version__}, median of {args.repeats}\n")
-    print(f"auto chose {choice.method} @ {choice.layer} on this volume\n")
+    print(f"auto chose {choice.as_dict()['chosen']} on this volume\n")
     print("| case | seconds | x inference |")
     print("|---|---:|---:|", flush=True)
     base = None
@@ -85,7 +87,7 @@ def main() -> None:
         seconds = statistics.median(runs)
         base = base or seconds
         print(f"| {name} | {seconds:.2f} | {seconds / base:.1f} |", flush=True)
-    occ = g3d.explain(model, volume, method="occlusion", **common)
+    occ = kept["occlusion"]
     print(f"\nocclusion (fast) used {occ.extra['forwards']} perturbed forwards for 1000 tokens", flush=True)
     if args.full_occlusion:
         started = time.perf_counter()
