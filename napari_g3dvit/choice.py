@@ -10,7 +10,7 @@ reused for a whole series or cohort at the cost of the chosen method alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -131,4 +131,4 @@ def explain_auto(model: nn.Module, volume, layer=None, choice: MethodChoice | No
                                preprocessing=settings.get("preprocessing"),
                                baseline=settings.get("baseline"), pooling=settings.get("pooling", "mean"))
     result = explain(model, volume, method=choice.method, layer=choice.layer, **settings)
-    return type(result)(**{**result.__dict__, "extra": {**result.extra, "auto": choice.as_dict()}})
+    return replace(result, extra={**result.extra, "auto": choice.as_dict()})

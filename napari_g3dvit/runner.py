@@ -35,7 +35,7 @@ MODEL_KEY = "g3dvit_model"
 #: timepoints explained per step by default: a run can be stopped between steps
 DEFAULT_STEP = 4
 #: settings that make two runs "the same" (a re-run updates the earlier layer)
-SAME_RUN_KEYS = ("volume", "model", "method", "layer", "pooling", "target", "threshold", "upsample",
+SAME_RUN_KEYS = ("volume", "model", "method", "layer", "pooling", "target", "threshold", "upsample", "baseline",
                  "device", "series", "input_orientation")
 _warned_orientation: set[str] = set()
 
