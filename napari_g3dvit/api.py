@@ -13,6 +13,7 @@ from torch import nn
 from .cam.engine import prepared_model, run_capture
 from .cam.methods import TOKEN_SCORES
 from .cam.postprocess import keep_top_percent, normalise_tokens, tokens_to_voxels
+from .cam.result import class_probabilities
 from .errors import SettingsError, VolumeError
 from .explanation import Explanation
 from .models import find_adapter
@@ -368,7 +369,7 @@ def explain(
     logits = torch.cat(logits_parts)
     if logits.ndim == 1:
         logits = logits[:, None]
-    probabilities = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+    probabilities = class_probabilities(logits)
     used_targets = torch.cat(target_parts).numpy()
 
     def result(key: tuple[str, str]) -> Explanation:

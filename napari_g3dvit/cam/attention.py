@@ -33,11 +33,11 @@ import torch
 from torch import nn
 
 from ..errors import ModelError, SettingsError
+from ..options import ATTENTION_METHODS
 from .result import MethodResult
 
 Tensor = torch.Tensor
 
-ATTENTION_METHODS = ("attention-rollout", "grad-rollout", "legrad")
 GRADIENT_METHODS = frozenset({"grad-rollout", "legrad"})
 
 

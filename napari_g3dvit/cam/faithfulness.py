@@ -16,15 +16,12 @@ from typing import Sequence
 import torch
 
 from .postprocess import tokens_to_voxels
+from .result import target_probability
 
 #: fractions of tokens deleted (hottest first) for the MoRF drop
 DELETION_FRACTIONS = (0.05, 0.10, 0.20)
 CRITERION = ("MoRF drop: mean fall of the target probability when the map's top 5/10/20 % tokens "
              "are replaced by the volume's mean (model input space)")
-
-
-def _probabilities(logits: torch.Tensor) -> torch.Tensor:
-    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
 
 def _target_probability(adapter, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -35,13 +32,7 @@ def _target_probability(adapter, inputs: torch.Tensor, targets: torch.Tensor, ba
             logits = adapter.logits(adapter.model(inputs[start : start + batch_size]))
             if logits.ndim == 1:
                 logits = logits[:, None]
-            probs = _probabilities(logits.float())
-            index = targets[start : start + batch_size].to(probs.device)
-            if probs.shape[1] == 1:  # one logit: the "class" is its sign
-                picked = torch.where(index == 0, 1 - probs[:, 0], probs[:, 0])
-            else:
-                picked = probs.gather(1, index[:, None])[:, 0]
-            out.append(picked.cpu())
+            out.append(target_probability(logits.float(), targets[start : start + batch_size]).cpu())
     return torch.cat(out)
 
 

@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import ModelError, SettingsError
 from .perturbation import baseline_inputs
 from .postprocess import tokens_to_voxels
-from .result import MethodResult
+from .result import MethodResult, target_probability
 
 Tensor = torch.Tensor
 
@@ -60,10 +60,6 @@ def _heads(adapter) -> int:
     if adapter.architecture == "vit-pytorch-3d":
         return int(vit.transformer.layers[0][0].heads)
     return int(vit.blocks[0].attn.num_heads)
-
-
-def _probabilities(logits: Tensor) -> Tensor:
-    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
 
 def gradmask_scores(adapter, inputs: Tensor, targets: Tensor | None, baseline: str = "mean",
@@ -124,11 +120,8 @@ def gradmask_scores(adapter, inputs: Tensor, targets: Tensor | None, baseline: s
                 chunk = stack[b, first : first + batch_size]
                 voxels = tokens_to_voxels(chunk.reshape(len(chunk), *grid), geometry.patch_size, "nearest")[:, None]
                 masked = torch.where(voxels > 0, inputs[b : b + 1], base[b : b + 1])
-                probs = _probabilities(adapter.logits(adapter.model(masked)).float())
-                if probs.shape[1] == 1:  # one logit: class 1 is the sigmoid, class 0 its complement
-                    confidence = probs[:, 0] if int(targets[b]) == 1 else 1 - probs[:, 0]
-                else:
-                    confidence = probs[:, int(targets[b])]
-                weights[b, first : first + len(chunk)] = confidence
+                logits_masked = adapter.logits(adapter.model(masked)).float()
+                weights[b, first : first + len(chunk)] = target_probability(
+                    logits_masked, targets[b : b + 1].expand(len(chunk)))
     scores = (weights[:, :, None] * stack).sum(dim=1)
     return GradMaskResult(scores=scores, logits=logits.detach(), targets=targets.detach(), masks=count)

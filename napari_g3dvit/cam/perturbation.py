@@ -37,13 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError, SettingsError, VolumeError
+from ..options import BASELINES, OCCLUSION_MODES
 from .result import MethodResult
 
 Tensor = torch.Tensor
 Progress = Callable[[int, int], None]
 
-BASELINES = ("zero", "mean", "blur")
-OCCLUSION_MODES = ("fast", "full")
 FILLS = ("even", "smooth")
 
 
