@@ -1,6 +1,7 @@
 """Command line: ``g3dvit napari`` (napari with a sample, its model and the widget),
 ``g3dvit demo`` (explain a synthetic volume to NIfTI, headless), ``g3dvit train NAME``
-(re-make a shipped sample model)."""
+(re-make a shipped sample model), ``g3dvit bids`` (a BIDS App: a dataset's files on Dask
+workers, then a group table) and ``g3dvit batch`` (the same for files named directly)."""
 
 from __future__ import annotations
 
@@ -89,6 +90,89 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cohort_options(parser: argparse.ArgumentParser, methods: list[str]) -> None:
+    """The options ``g3dvit bids ... participant`` and ``g3dvit batch`` share."""
+    from .cohort.jobs import DEFAULT_BATCH, DEFAULT_CHUNK
+    from .options import DEFAULT_THRESHOLD, POOLINGS, UPSAMPLE_MODES, BASELINES
+
+    parser.add_argument("--model", metavar="CKPT", help="the model checkpoint (.safetensors or .pt)")
+    parser.add_argument("--config", metavar="JSON", help="its config, when not beside it")
+    parser.add_argument("--method", nargs="+", default=["g3dvit"], choices=methods, metavar="M",
+                        help=f"one or more of: {', '.join(methods)} (default g3dvit)")
+    parser.add_argument("--layer", help="hook layer for the CAM methods (default: the last block's)")
+    parser.add_argument("--pooling", default="mean", choices=POOLINGS)
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, metavar="P",
+                        help=f"keep the top P %% of token values (default {DEFAULT_THRESHOLD:g}; 100 keeps all)")
+    parser.add_argument("--target", type=int, help="explain this class (default: each volume's predicted class)")
+    parser.add_argument("--upsample", default="trilinear", choices=UPSAMPLE_MODES)
+    parser.add_argument("--baseline", choices=BASELINES, help="occlusion / integrated gradients baseline")
+    parser.add_argument("--atlas", metavar="LABELS", help="a label volume: heat per label into each sidecar and a TSV")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N",
+                       help="local worker processes (default: one per CPU core; 0: no Dask, in this process)")
+    where.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://host:8786")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N on every worker")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, metavar="B",
+                        help=f"timepoints per forward pass, halved on out-of-memory (default {DEFAULT_BATCH})")
+    parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, metavar="C",
+                        help=f"timepoints of a 4D run per task (default {DEFAULT_CHUNK})")
+    parser.add_argument("--overwrite", action="store_true", help="redo outputs that are already complete")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _run_cohort(args: argparse.Namespace, inputs, bids_dir=None) -> int:
+    from .cohort import Settings, explain_cohort, group_level
+
+    if not args.model:
+        print("g3dvit: error: --model is required to explain", file=sys.stderr)
+        return 2
+    settings = Settings(methods=tuple(dict.fromkeys(args.method)), layer=args.layer, pooling=args.pooling,
+                        threshold=args.threshold, upsample=args.upsample,
+                        target=args.target, baseline=args.baseline, device=args.device,
+                        batch_size=args.batch_size, chunk=args.chunk, atlas=args.atlas)
+
+    def started(client) -> None:
+        link = getattr(client, "dashboard_link", None)
+        workers = len(client.scheduler_info().get("workers", {}))
+        print(f"g3dvit: {workers} Dask workers; dashboard: {link or 'none (pip install bokeh)'}", file=sys.stderr)
+
+    try:
+        report = explain_cohort(inputs, args.out_dir, args.model, settings, config=args.config,
+                                workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite,
+                                progress=not args.quiet, bids_dir=bids_dir, on_start=started)
+    except KeyboardInterrupt:
+        print("g3dvit: interrupted; finished outputs are complete. Run the same command again to do the rest.",
+              file=sys.stderr)
+        return 130
+    print(report.summary())
+    if report.done or report.skipped or report.failed:
+        group_level(args.out_dir)
+        print(f"group table: {Path(args.out_dir) / 'group' / 'timepoints.tsv'}")
+    return 0 if report.ok else 1
+
+
+def _bids(args: argparse.Namespace) -> int:
+    from .cohort import bids_inputs, group_level
+
+    if args.level == "group":
+        summary = group_level(args.out_dir)
+        print(f"group table: {Path(args.out_dir) / 'group' / 'timepoints.tsv'} ({summary['rows']} rows, "
+              f"{summary['inputs']} inputs, {len(summary['failed'])} failed)")
+        return 0
+    if Path(args.out_dir).resolve() == Path(args.bids_dir).resolve():
+        print("g3dvit: error: OUT_DIR must not be the BIDS dataset itself", file=sys.stderr)
+        return 2
+    inputs = bids_inputs(args.bids_dir, args.participant_label, suffix=args.suffix)
+    return _run_cohort(args, inputs, bids_dir=args.bids_dir)
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from .cohort import loose_inputs
+
+    args.out_dir = args.out
+    return _run_cohort(args, loose_inputs(args.files))
+
+
 def main(argv: list[str] | None = None) -> int:
     from .options import AUTO, METHODS
 
@@ -119,6 +203,22 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=_train)
+    methods = [*METHODS, AUTO]
+    bids = sub.add_parser("bids", help="a BIDS App: explain a dataset's files on Dask workers (participant), "
+                                       "then tabulate them (group)")
+    bids.add_argument("bids_dir", metavar="BIDS_DIR")
+    bids.add_argument("out_dir", metavar="OUT_DIR", help="the derivatives folder")
+    bids.add_argument("level", choices=["participant", "group"])
+    bids.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
+                      help="participants to explain (01 or sub-01; default all)")
+    bids.add_argument("--suffix", default="bold", help="which files: bold, T1w, ... (default bold)")
+    _cohort_options(bids, methods)
+    bids.set_defaults(run=_bids)
+    batch = sub.add_parser("batch", help="explain NIfTI files (paths or glob patterns) on Dask workers")
+    batch.add_argument("files", nargs="+", metavar="FILE_OR_GLOB")
+    batch.add_argument("--out", required=True, metavar="DIR", help="folder for the maps, sidecars and tables")
+    _cohort_options(batch, methods)
+    batch.set_defaults(run=_batch)
     args = parser.parse_args(argv)
     from .errors import G3DViTError
 

@@ -1,0 +1,72 @@
+"""Cohort scale: explain every file of a BIDS dataset (or a list of files) on Dask workers.
+
+``g3dvit bids BIDS_DIR OUT_DIR participant --model M`` and ``g3dvit batch FILES --out DIR --model M``
+call ``explain_cohort``; ``g3dvit bids BIDS_DIR OUT_DIR group`` calls ``group_level``. Modules:
+
+- ``inputs``: which files, and their outputs' BIDS derivative names
+- ``jobs``: settings, the model's identity, one job per input, fingerprints for resuming
+- ``worker``: what a worker does (lazy reads, explain, atomic writes; the model loaded once)
+- ``run``: planning, Dask submission, progress, failures
+- ``group``: the group table and mean maps
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+from .group import group_level
+from .inputs import CohortError, Input, bids_inputs, loose_inputs
+from .jobs import Settings, file_sha256, model_ref
+from .run import Report
+
+__all__ = ["explain_cohort", "group_level", "bids_inputs", "loose_inputs", "Settings", "Report", "CohortError",
+           "Input"]
+
+
+def explain_cohort(inputs: Sequence[Input], out_dir: str | os.PathLike, model: str | os.PathLike,
+                   settings: Settings | None = None, *, config: str | os.PathLike | None = None,
+                   workers: int | None = None, scheduler: str | None = None, client=None,
+                   overwrite: bool = False, progress: bool = True, bids_dir: str | os.PathLike | None = None,
+                   on_start=None) -> Report:
+    """Explain ``inputs`` into ``out_dir``; returns a ``Report`` (``report.ok`` when none failed).
+
+    workers: local worker processes (default: one per CPU core; 0 runs in this process without
+    Dask); scheduler: the address of a running Dask scheduler instead; client: a Dask client to
+    use as it is. ``on_start(client)`` is called once the workers are there (e.g. to print the
+    dashboard's address).
+    """
+    from .run import close_client, plan, run_here, run_jobs, start_client, write_dataset_description
+
+    settings = settings or Settings()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if settings.atlas:
+        atlas = Path(settings.atlas)
+        if not atlas.is_file():
+            raise CohortError(f"no atlas file {atlas}")
+        settings = replace(settings, atlas=str(atlas.resolve()), atlas_sha256=file_sha256(atlas))
+    if client is None and scheduler is None and workers != 0 and settings.threads is None:
+        cores = os.cpu_count() or 1
+        settings = replace(settings, threads=max(1, cores // (workers or cores)))
+    ref = model_ref(model, config)
+    if bids_dir is not None:
+        write_dataset_description(out_dir, Path(bids_dir), ref, settings)
+    jobs, skipped, failed = plan(inputs, out_dir, ref, settings, overwrite=overwrite)
+    report = Report(skipped=skipped, failed=failed)
+    if not jobs:
+        return report
+    if client is None and scheduler is None and workers == 0:
+        return run_here(jobs, progress=progress, report=report)
+    own = client is None
+    client = client or start_client(workers, scheduler)
+    try:
+        report.dashboard = getattr(client, "dashboard_link", None)
+        if on_start is not None:
+            on_start(client)
+        return run_jobs(jobs, client, progress=progress, report=report)
+    finally:
+        if own:
+            close_client(client)
