@@ -117,8 +117,8 @@ def bids_inputs(bids_dir: str | os.PathLike, participants: list[str] | None = No
     files = layout.get(subject=wanted, suffix=suffix, extension=list(NIFTI_EXTENSIONS), return_type="object")
     inputs = []
     for f in sorted(files, key=lambda f: f.path):
-        path = Path(f.path)
-        rel = path.relative_to(bids_dir)
+        path = Path(f.path).resolve()
+        rel = path.relative_to(bids_dir.resolve())
         entities = dict(entities_of(path.name)[0])
         entities["_relpath"] = str(rel)
         inputs.append(Input(path=path, out_folder=rel.parent, entities=entities))

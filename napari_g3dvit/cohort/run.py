@@ -150,7 +150,33 @@ def start_client(workers: int | None = None, scheduler: str | None = None, threa
     workers = workers or max(1, (os.cpu_count() or 1))
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                            dashboard_address=":8787" if _has_dashboard() else None)
-    return Client(cluster)
+    client = Client(cluster)
+    client.register_plugin(_LeaveCtrlCToTheClient())
+    return client
+
+
+def _ignore_interrupts() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+try:
+    from distributed.diagnostics.plugin import WorkerPlugin
+except ImportError:  # pragma: no cover - the cluster extra is not installed
+    WorkerPlugin = object
+
+
+class _LeaveCtrlCToTheClient(WorkerPlugin):
+    """Local workers ignore Ctrl-C (the terminal sends it to every process of the run): the client
+    catches it, cancels what has not finished, and shuts the workers down in order."""
+
+    name = "g3dvit-ctrl-c"
+
+    def setup(self, worker) -> None:
+        worker.loop.add_callback(_ignore_interrupts)
 
 
 def _has_dashboard() -> bool:
@@ -160,6 +186,9 @@ def _has_dashboard() -> bool:
 
 
 def close_client(client) -> None:
+    import logging
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)  # tasks cancelled on the way out are expected
     cluster = getattr(client, "cluster", None)
     client.close()
     if cluster is not None:
