@@ -25,6 +25,9 @@ from napari_g3dvit.cohort import Settings, bids_inputs, explain_cohort, group_le
 from napari_g3dvit.cohort.jobs import file_sha256
 from napari_g3dvit.cohort.writing import read_table
 from napari_g3dvit.models.loading import ViTClassifier
+from napari_g3dvit.runner import labels_on_grid
+from napari_g3dvit.timecourse import read_table as read_course
+from napari_g3dvit.timecourse import time_courses
 
 from conftest import TINY, make_vit
 
@@ -101,6 +104,8 @@ def test_participant_and_group_levels_on_a_local_cluster(tmp_path, cluster):
     fine = np.diag([1.5, 1.5, 1.5, 1.0])
     fine[:3, 3] = AFFINE[:3, 3] - 0.75  # two fine voxels straddle each coarse voxel's centre
     nib.save(nib.Nifti1Image(labels, fine), atlas)
+    events = bids / "sub-01/ses-1/func/sub-01_ses-1_task-motor_run-1_events.tsv"
+    events.write_text("onset\tduration\ttrial_type\n2\t4\ttap\n")
     out = tmp_path / "out"
     inputs = bids_inputs(bids, ["01", "sub-02"])  # both spellings of a participant label
     assert [i.entities["sub"] for i in inputs] == ["01", "02"]
@@ -134,6 +139,15 @@ def test_participant_and_group_levels_on_a_local_cluster(tmp_path, cluster):
             # the table's heat is the map's mean over the atlas' voxels (label 1: the first 6 x-voxels)
             t0 = [r for r in regions if r["timepoint"] == "0" and r["label"] == "1"][0]
             assert float(t0["mean_heat"]) == pytest.approx(heat.get_fdata()[:6, :, :, 0].mean(), rel=1e-4)
+    # the run's time course is the Time course dock's table: heat in the atlas' labels, design from events
+    source = bids / "sub-01/ses-1/func/sub-01_ses-1_task-motor_run-1_bold.nii.gz"
+    series = np.moveaxis(nib.load(source).get_fdata(dtype=np.float32), -1, 0)
+    region = labels_on_grid(labels, fine, (12, 8, 16), AFFINE)
+    expected = time_courses(g3d.explain(g3d.load_model(model), series), region, tr=2.0, events=events)
+    table = read_course(out / "sub-01/ses-1/func/sub-01_ses-1_task-motor_run-1_desc-g3dvit_timeseries.tsv")
+    np.testing.assert_allclose(np.asarray(table["heat_in_region"], float), expected.heat, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(table["probability"], float), expected.probability, atol=1e-5)
+    assert table["design"] == ["0", "1", "1", "0", "0", "0"] == [str(d) for d in expected.design]
     assert not (out / ".g3dvit-parts").exists()
     after = loads()
     assert all(after[w] - before.get(w, 0) <= 1 for w in after)  # loaded once per worker, not per task

@@ -74,7 +74,8 @@ class Input:
         name = f"{self.stem}_desc-{desc_label(method)}"
         folder = Path(out_dir) / self.out_folder
         return Outputs(heatmap=folder / f"{name}_{MAP_SUFFIX}.nii.gz", sidecar=folder / f"{name}_{MAP_SUFFIX}.json",
-                       regions=folder / f"{name}_regions.tsv", error=Path(out_dir) / "logs" / f"{name}_error.json")
+                       regions=folder / f"{name}_regions.tsv", timeseries=folder / f"{name}_timeseries.tsv",
+                       error=Path(out_dir) / "logs" / f"{name}_error.json")
 
     @property
     def label(self) -> str:
@@ -89,6 +90,7 @@ class Outputs:
     heatmap: Path
     sidecar: Path
     regions: Path
+    timeseries: Path  # a 4D run's time course (the widget's Time course table)
     error: Path
 
 

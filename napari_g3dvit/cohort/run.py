@@ -89,7 +89,7 @@ def _remove_leftovers(job: Job) -> None:
     """Temporary files an interrupted run left beside this job's outputs (hidden, never complete)."""
     for method in job.methods:
         outputs = job.outputs(method)
-        for target in (outputs.heatmap, outputs.sidecar, outputs.regions):
+        for target in (outputs.heatmap, outputs.sidecar, outputs.regions, outputs.timeseries):
             for stale in target.parent.glob(f".{target.name}.*"):
                 stale.unlink(missing_ok=True)
     parts = job.parts_folder.parent

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..options import AUTO
+from ..timecourse import region_heat
 from .jobs import Job, ModelRef
 from .writing import json_default, write_json, write_map, write_table
 
@@ -154,6 +155,7 @@ class Chunk:
     explained: list = field(default_factory=list)  # (C,) explained class per timepoint
     predicted: list = field(default_factory=list)  # (C,)
     regions: dict = field(default_factory=dict)  # method -> rows
+    heat_curve: dict = field(default_factory=dict)  # method -> (C,) heat in the atlas' labels, or peak
     timings: dict = field(default_factory=dict)
     batch_size: int = 0
 
@@ -223,6 +225,7 @@ def explain_chunk(job: Job, t0: int, t1: int, choice=None) -> Chunk:
         if labels is not None:
             chunk.regions[method] = [row for i, frame in enumerate(heat)
                                      for row in region_rows(frame, labels, t0 + i if series else None)]
+        chunk.heat_curve[method] = region_heat(heat, labels)[0].tolist()
     first = next(iter(results.values()))
     chunk.probabilities = np.atleast_2d(first.probabilities).tolist()
     chunk.explained = np.atleast_1d(first.target).tolist()
@@ -362,6 +365,8 @@ def finish(job: Job, infos: list[dict], heat: dict | None = None) -> dict:
         regions = [row for i in infos for row in i["regions"].get(method, [])]
         if job.settings.atlas:
             write_table(outputs.regions, regions, REGION_COLUMNS)
+        if time_len is not None:
+            write_time_course(outputs.timeseries, job, infos, method, tr, names)
         used = infos[0]["methods"][method]
         sidecar = {
             "Description": f"Class-activation map ({used['method']}) of the source under a 3D ViT, "
@@ -379,6 +384,7 @@ def finish(job: Job, infos: list[dict], heat: dict | None = None) -> dict:
             "explained_class": explained, "predicted": predicted,
             "predicted_name": [names[p] if p < len(names) else str(p) for p in predicted],
             "probabilities": probabilities,
+            "time_course": outputs.timeseries.name if time_len is not None else None,
             "regions": ({"atlas": job.settings.atlas, "table": outputs.regions.name,
                          "mean_over_time": _mean_rows(regions)} if job.settings.atlas else None),
             "timings": {**timings, "write_s": round(timings["write_s"] + time.perf_counter() - start, 4),
@@ -392,6 +398,19 @@ def finish(job: Job, infos: list[dict], heat: dict | None = None) -> dict:
         written[method] = str(outputs.heatmap)
     return {"input": str(job.input.path), "maps": written, "timepoints": time_len, "timings": timings,
             "chunks": len(infos), "workers": sorted({i.get("worker", "") for i in infos})}
+
+
+def write_time_course(target: Path, job: Job, infos: list[dict], method: str, tr: float | None,
+                      names: list[str]) -> None:
+    """A run's time course, the same table the Time course dock exports (events beside the source)."""
+    from ..timecourse import HEAT_IN_REGION, HEAT_PEAK, events_beside, from_heat, write_table
+
+    heat = [h for i in infos for h in i["heat_curve"][method]]
+    probabilities = [p for i in infos for p in i["probabilities"]]
+    column = HEAT_IN_REGION if job.settings.atlas else HEAT_PEAK
+    courses = from_heat(np.asarray(heat), probabilities, column, tr=tr or 1.0,
+                        events=events_beside(job.input.path), class_names=names)
+    write_table(courses, target)
 
 
 def _repetition_time(image) -> float | None:
