@@ -139,7 +139,7 @@ def write_dataset_description(out_dir: Path, bids_dir: Path | None, model: Model
 def start_client(workers: int | None = None, scheduler: str | None = None, threads: int | None = None):
     """A Dask client: on an existing scheduler's address, or on a new local cluster of processes."""
     try:
-        from distributed import Client, LocalCluster
+        from distributed import Client
     except ImportError as err:
         raise CohortError("g3dvit bids and g3dvit batch run on Dask: pip install 'napari-g3dvit[cluster]'") from err
     if scheduler:
@@ -147,12 +147,25 @@ def start_client(workers: int | None = None, scheduler: str | None = None, threa
             return Client(scheduler, timeout="30s")
         except OSError as err:
             raise CohortError(f"no Dask scheduler answers at {scheduler} ({err})") from err
-    workers = workers or max(1, (os.cpu_count() or 1))
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                           dashboard_address=":8787" if _has_dashboard() else None)
-    client = Client(cluster)
+    client = Client(local_cluster(workers, threads))
     client.register_plugin(_LeaveCtrlCToTheClient())
     return client
+
+
+def local_cluster(workers: int | None = None, threads: int | None = None, dashboard: bool = True):
+    """Worker processes on this machine, one task at a time each, sharing the cores between them.
+
+    threads: torch/OpenMP threads per worker (default: the cores divided among the workers);
+    Dask would otherwise start each worker with one OpenMP thread.
+    """
+    from distributed import LocalCluster
+
+    cores = os.cpu_count() or 1
+    workers = workers or cores
+    threads = str(threads or max(1, cores // workers))
+    return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                        dashboard_address=":8787" if dashboard and _has_dashboard() else None,
+                        env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
 
 
 def _ignore_interrupts() -> None:
