@@ -16,7 +16,7 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -68,10 +68,8 @@ def plan(inputs: Sequence[Input], out_dir: str | os.PathLike, model: ModelRef, s
     for item in inputs:
         job = Job(input=item, methods=settings.methods, out_dir=str(out_dir), model=model, settings=settings)
         try:
-            job = Job(**{**job.__dict__, "source": source_identity(item.path)})
-            image = open_source(item.path)
-            _, time_len = spatial_and_time(image.shape)
-            job = Job(**{**job.__dict__, "timepoints": time_len})
+            job = replace(job, source=source_identity(item.path))
+            job = replace(job, timepoints=spatial_and_time(open_source(item.path).shape)[1])
         except Exception as err:
             failed.append(record_failure(Path(out_dir), job, str(err)))
             continue
@@ -79,7 +77,7 @@ def plan(inputs: Sequence[Input], out_dir: str | os.PathLike, model: ModelRef, s
         if not todo:
             skipped += 1
             continue
-        job = Job(**{**job.__dict__, "methods": todo})
+        job = replace(job, methods=todo)
         _remove_leftovers(job)
         jobs.append(job)
     return jobs, skipped, failed
