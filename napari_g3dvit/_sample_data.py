@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from .display import watch_current_viewer
 from .runner import MODEL_KEY
 from .sample_models import sample_path
@@ -41,3 +43,15 @@ def cube_position():
 def cube_value():
     """A 40^3 volume with an 8^3 cube of +1 or -1, and the cube as Labels."""
     return [_volume("cube_value", "cube (value task)"), _labels("cube_value_example_mask.nii.gz", "cube")]
+
+
+def fmri_task():
+    """A 4D block-design task run (MNI152, 3 mm, TR 2 s; time on axis 0 in seconds) and its
+    activation region (left primary motor cortex) as Labels."""
+    watch_current_viewer()
+    data, kwargs, _ = read_nifti(sample_path("fmri_task_run.nii.gz"), kind="image")
+    kwargs["name"] = "fMRI task run"
+    kwargs["metadata"][MODEL_KEY] = str(sample_path("fmri_task.safetensors"))
+    kwargs["opacity"] = 0.35  # a bright BOLD volume would outshine its heatmap in 3D
+    image = (np.asarray(data, dtype=np.float32), kwargs, "image")  # the scaled int16 reads as float64
+    return [image, _labels("fmri_task_activation_mask.nii.gz", "activation (ground truth)")]
