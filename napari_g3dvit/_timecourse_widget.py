@@ -80,6 +80,7 @@ class TimeCourseWidget(QWidget):
         self._labels = None  # the labels layer whose events are connected
         self._default_export: Path | None = None
         self._marker = None
+        self._legend = None
 
         self.heat = self._layer_box("heat map", "none", self._series_layers)
         self.region = self._layer_box("region", PEAK, self._labels_layers)
@@ -103,9 +104,9 @@ class TimeCourseWidget(QWidget):
         for label in (self.status, self.written):
             label.native.setWordWrap(True)
             label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-            # room for two lines from the start: a wrapped line is not counted in the dock's
+            # room for three lines from the start: a wrapped line is not counted in the dock's
             # minimum height, and the plot below would be drawn over
-            label.native.setMinimumHeight(2 * label.native.fontMetrics().height() + 4)
+            label.native.setMinimumHeight(3 * label.native.fontMetrics().height() + 4)
         layout.addWidget(self.status.native)
         layout.addWidget(self.canvas, stretch=1)  # the plot takes the room the dock has
         layout.addWidget(Container(widgets=[self.export_path, self.export_button], labels=True).native)
@@ -269,6 +270,9 @@ class TimeCourseWidget(QWidget):
         self.status.value = text
         self.export_button.enabled = False
         self.marker_time, self._marker = None, None
+        if self._legend is not None:
+            self._legend.remove()
+            self._legend = None
         self.axes.clear()
         self.axes.set_axis_off()
         self.axes.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=9, color="0.3",
@@ -305,8 +309,11 @@ class TimeCourseWidget(QWidget):
         ax.set_ylabel("probability / heat", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(True, axis="y", color="0.9", lw=0.6)
-        ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.01, 1.0, 0.2), mode="expand", ncol=2, fontsize=7.5,
-                  frameon=False, borderaxespad=0.0)
+        if self._legend is not None:
+            self._legend.remove()
+        # above the axes, outside them: constrained layout makes room, nothing overlaps the curves
+        self._legend = self.figure.legend(*ax.get_legend_handles_labels(), loc="outside upper center", ncol=2,
+                                          fontsize=7.5, frameon=False, handlelength=1.5, columnspacing=1.0)
         self.canvas.draw_idle()
 
     # -- linking with the time slider -----------------------------------------------------------------------

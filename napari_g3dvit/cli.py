@@ -56,6 +56,14 @@ def open_sample_viewer(sample: str, explain: bool = False, show: bool = True):
     image = next(layer for layer in viewer.layers if layer.metadata.get("g3dvit_model"))
     widget.volume.value = image  # offers (and loads) the sample's model
     widget.wait()
+    if image.ndim == 4:  # a run: explain every timepoint and follow them on the Time course dock
+        from ._widget import ALL
+
+        widget.timepoints.value = ALL
+        _, course = viewer.window.add_plugin_dock_widget("napari-g3dvit", "Time course")
+        labels = [layer for layer in viewer.layers if isinstance(layer, napari.layers.Labels)]
+        if labels:
+            course.region.value = labels[0]
     viewer.dims.ndisplay = 3
     viewer.reset_view()
     camera(viewer).zoom /= 3 ** 0.5  # reset_view fits a face; a turned cube needs its diagonal
