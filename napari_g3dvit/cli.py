@@ -105,8 +105,9 @@ def _cohort_options(parser: argparse.ArgumentParser, methods: list[str]) -> None
 
     parser.add_argument("--model", metavar="CKPT", help="the model checkpoint (.safetensors or .pt)")
     parser.add_argument("--config", metavar="JSON", help="its config, when not beside it")
-    parser.add_argument("--method", nargs="+", default=["g3dvit"], choices=methods, metavar="M",
-                        help=f"one or more of: {', '.join(methods)} (default g3dvit)")
+    parser.add_argument("--method", nargs="+", choices=methods, metavar="M",
+                        help=f"one or more of: {', '.join(methods)} (default: the method and layer the "
+                             "model's config recommends, as the widget preselects them; else g3dvit)")
     parser.add_argument("--layer", help="hook layer for the CAM methods (default: the last block's)")
     parser.add_argument("--pooling", default="mean", choices=POOLINGS)
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, metavar="P",
@@ -128,13 +129,28 @@ def _cohort_options(parser: argparse.ArgumentParser, methods: list[str]) -> None
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _recommended(model: Path, config: str | None) -> dict:
+    """The config's ``recommended_explanation`` (method, layer), read from the JSON beside the model."""
+    from .models.config import find_config_beside, read_config_file
+    from .options import METHODS
+
+    path = Path(config) if config else find_config_beside(model)
+    found = (read_config_file(path).get("recommended_explanation") or {}) if path else {}
+    return found if found.get("method") in METHODS else {}
+
+
 def _run_cohort(args: argparse.Namespace, inputs, bids_dir=None) -> int:
     from .cohort import Settings, explain_cohort, group_level
 
     if not args.model:
         print("g3dvit: error: --model is required to explain", file=sys.stderr)
         return 2
-    settings = Settings(methods=tuple(dict.fromkeys(args.method)), layer=args.layer, pooling=args.pooling,
+    methods, layer = args.method, args.layer
+    if not methods:  # what the widget would preselect for this model
+        recommended = _recommended(Path(args.model), args.config)
+        methods = [recommended.get("method", "g3dvit")]
+        layer = layer or recommended.get("layer")
+    settings = Settings(methods=tuple(dict.fromkeys(methods)), layer=layer, pooling=args.pooling,
                         threshold=args.threshold, upsample=args.upsample,
                         target=args.target, baseline=args.baseline, device=args.device,
                         batch_size=args.batch_size, chunk=args.chunk, atlas=args.atlas)

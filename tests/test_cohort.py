@@ -313,6 +313,13 @@ def test_batch_names_and_bad_options(tmp_path, capsys):
     assert (tmp_path / "out" / "scan_desc-gradcamelementwise_heatmap.nii.gz").is_file()
     auto = json.loads((tmp_path / "out" / "scan_desc-auto_heatmap.json").read_text())
     assert auto["auto"]["chosen"] and auto["method_used"] != "auto"
+    # without --method: what the model's config recommends (what the widget preselects)
+    config = {**CONFIG, "recommended_explanation": {"method": "hirescam", "layer": "vit.transformer.layers.0.0.norm"}}
+    g3d.save_model(ViTClassifier(make_vit(), None, config), tmp_path / "rec.safetensors", config)
+    assert main(["batch", str(a), "--out", str(tmp_path / "out"), "--model", str(tmp_path / "rec.safetensors"),
+                 "--workers", "0", "--quiet"]) == 0
+    recommended = json.loads((tmp_path / "out" / "scan_desc-hirescam_heatmap.json").read_text())
+    assert recommended["layer_used"] == "vit.transformer.layers.0.0.norm"
     assert main(["batch", str(tmp_path / "*" / "scan.nii.gz"), "--out", str(tmp_path / "o2"), "--model",
                  str(model), "--workers", "0"]) == 2
     assert "would write the same outputs" in capsys.readouterr().err

@@ -265,3 +265,29 @@ def test_time_course_dock(make_napari_viewer, qtbot, bids_run, tmp_path):
     qtbot.waitUntil(lambda: not any(listens(emitter, dock) for emitter in emitters), timeout=5_000)
     viewer.dims.set_current_step(0, 2)
     viewer.add_image(np.zeros((COUNT, *TINY_SHAPE), dtype=np.float32), name="later", metadata=dict(heat.metadata))
+
+
+def test_the_fmri_sample_explains_every_timepoint_in_one_click_and_plots_the_curves(qtbot):
+    """``g3dvit napari --sample fmri_task``: the run, its model, both docks; one Explain gives the curves."""
+    from napari_g3dvit.cli import open_sample_viewer
+    from napari_g3dvit.evaluation.fmri import BlockDesign, block_design
+
+    viewer, widget = open_sample_viewer("fmri_task", show=False)
+    try:
+        course = next(w for name, w in viewer.window.dock_widgets.items() if name.startswith("Time course"))
+        assert widget.model is not None and widget.timepoints.value == ALL
+        assert course.region.value.name == "activation (ground truth)"
+        assert course.message == NO_SERIES
+        widget.run()
+        widget.wait()
+        qtbot.waitUntil(lambda: course.courses is not None, timeout=60_000)
+        courses = course.courses
+        assert len(courses) == 50 and courses.heat_column == "heat_in_region" and courses.tr == 2.0
+        assert courses.design.sum() == 20  # two 20 s task blocks at TR 2 s, from the events.tsv beside the run
+        # the model tells task from rest: labels are the HRF-convolved design >= 0.5
+        _, regressor, _ = block_design(BlockDesign())
+        assert (courses.predicted == (regressor >= 0.5)).mean() >= 0.9
+        course.click_time(64.0)
+        assert viewer.dims.current_step[0] == 32 and course.marker_time == 64.0
+    finally:
+        viewer.close()
