@@ -2,6 +2,7 @@
 
     python benchmarks/bench_quality.py                      # all sample models, 40 samples each
     python benchmarks/bench_quality.py --models cube_position --samples 100
+    python benchmarks/bench_quality.py --models fmri_task --samples 20   # + the time-course table
 
 For each model, a table of methods (the CAM methods at the default layer, the last block's
 attention-input LayerNorm, and at the first block's; the attention and perturbation methods;
@@ -13,7 +14,10 @@ the ceiling of any map at token resolution. Mass, pointing and IoU use the maps 
 by token in 20 steps; the baseline is zero for the cubes (their background is 0) and a blur
 for the brain (see BASELINE). The sanity column is the Spearman correlation between the token
 maps of the trained model and of its fully cascade-randomised copy (lower is better).
-Held-out samples use a seed that training and validation never used.
+Held-out samples use a seed that training and validation never used. For the fMRI task model
+they are the task timepoints of a held-out run (its accuracy is per timepoint over the whole
+run), and a second table gives, per method, the Pearson correlation of the heat-in-region curve
+with the HRF-convolved design over every timepoint of that run.
 """
 
 from __future__ import annotations
@@ -40,11 +44,22 @@ HELD_OUT_SEED = 20_000
 #: What deleted voxels become: the cubes' background is exactly 0; in the brain the volume's
 #: mean (0.23) is darker than the ventricles (0.35), so it would add evidence, while a 5-voxel
 #: blur pulls them towards the surrounding white matter (0.74).
-BASELINE = {"cube": "zero", "brain": "blur"}
+BASELINE = {"cube": "zero", "brain": "blur", "fmri": "blur"}
+
+
+def held_out_run(name: str):
+    """The fMRI model's held-out run (a seed neither training nor validation used)."""
+    from napari_g3dvit.evaluation.fmri import make_run
+
+    return make_run(RECIPES[name].task, seed=HELD_OUT_SEED)
 
 
 def held_out(name: str, n: int):
     recipe = RECIPES[name]
+    if recipe.kind == "fmri":  # the task timepoints of the held-out run: where the truth is the region
+        run = held_out_run(name)
+        task = np.flatnonzero(run.labels == 1)[:n]
+        return run.data[task], run.labels[task], np.broadcast_to(run.mask, run.data[task].shape), run.brain
     if recipe.kind == "cube":
         from napari_g3dvit.evaluation.synthetic import make_cubes
 
@@ -78,6 +93,9 @@ def evaluate(name: str, n: int) -> list[dict]:
     predict = M.model_predictor(model)
     randomised = M.cascade_randomized(model, seed=1)[-1][1]
     accuracy = float((predict(volumes).argmax(1) == labels).mean())
+    if RECIPES[name].kind == "fmri":  # per timepoint, over the whole held-out run
+        run = held_out_run(name)
+        accuracy = float((predict(run.data).argmax(1) == run.labels).mean())
     adapter = find_adapter(model)
     layers = {"last block": adapter.default_layer, "first block": adapter.attention_norm(0)}
     free = [m for m in g3d.METHODS if m not in CAM_METHODS]  # methods that use no single layer
@@ -170,6 +188,40 @@ def table(name: str, rows: list[dict], n: int) -> str:
     return "\n".join(lines)
 
 
+def time_course_table(name: str) -> str:
+    """Pearson r of the heat-in-region curve (and of p(task)) with the HRF-convolved design, per method.
+
+    Every timepoint of the held-out run is explained, for its predicted class and for the task
+    class; the curve is the mean heat in the activation region (``timecourse.time_courses``).
+    """
+    from napari_g3dvit.timecourse import time_courses
+
+    model = g3d.load_model(sample_path(f"{name}.safetensors"))
+    run = held_out_run(name)
+    baseline = BASELINE["fmri"]
+    task = model.g3dvit_config["class_names"].index("task")
+    methods = [m for m in g3d.METHODS if m != "occlusion"] + ["occlusion", "auto"]
+    lines = [f"### {name}: heat in the activation region over time ({len(run.data)} timepoints of the held-out "
+             f"run, TR {run.tr:g} s)", "",
+             "| method | r(heat in region, design), predicted class | r(heat in region, design), task class "
+             "| r(p(task), design) | s / timepoint |", "|---|---|---|---|---|"]
+    for method in methods:
+        cells = []
+        started = time.perf_counter()
+        for target in (None, task):
+            exp = g3d.explain(model, run.data, method=method, target=target, baseline=baseline, batch_size=10)
+            courses = time_courses(exp, run.mask, tr=run.tr)
+            cells.append(float(np.corrcoef(courses.heat, run.regressor)[0, 1]))
+            p_task = np.atleast_2d(exp.probabilities)[:, task]
+        seconds = (time.perf_counter() - started) / (2 * len(run.data))
+        r_prob = float(np.corrcoef(p_task, run.regressor)[0, 1])
+        label = method if method != "auto" else f"auto ({exp.extra['auto']['chosen']})"
+        lines.append(f"| {label} | {cells[0]:.2f} | {cells[1]:.2f} | {r_prob:.2f} | {seconds:.3f} |")
+        print(f"  {name} time course: {method}", end="\r", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=sorted(RECIPES))
@@ -179,6 +231,8 @@ def main() -> None:
     torch.manual_seed(0)
     for name in args.models:
         print(table(name, evaluate(name, args.samples), args.samples), end="\n\n", flush=True)
+        if RECIPES[name].kind == "fmri":
+            print(time_course_table(name), end="\n\n", flush=True)
 
 
 if __name__ == "__main__":

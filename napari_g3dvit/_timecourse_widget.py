@@ -299,8 +299,7 @@ class TimeCourseWidget(QWidget):
                 at = courses.predicted == k
                 ax.scatter(time[at], courses.probability[at], s=18, zorder=3, color=f"C{(int(k) + 2) % 10}",
                            label=f"predicted: {courses.class_names[int(k)]}")
-        heat_label = ("peak heat" if courses.heat_column == HEAT_PEAK
-                      else f"mean heat in '{self._labels.name}'")
+        heat_label = "peak heat" if courses.heat_column == HEAT_PEAK else "mean heat in region"  # named above
         ax.plot(time, courses.heat, color="C1", lw=1.6, zorder=2, label=heat_label)
         self._marker = ax.axvline(time[0], color="k", lw=1.2, alpha=0.8, zorder=4)
         ax.set_xlim(time[0] - half, time[-1] + half)

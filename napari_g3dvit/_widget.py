@@ -291,6 +291,8 @@ class ExplainWidget(Container):
             self.hook_layer.value = recommended["layer"]
         if "method" in recommended:
             self.method.value = recommended["method"]
+        if "target" in recommended:
+            self.target.value = recommended["target"]
         self.device.choices = available_devices()
         self.device.value = self.device.choices[0]
         self._show_model_summary()

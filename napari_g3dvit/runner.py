@@ -60,7 +60,8 @@ class LoadedModel:
         return self.config.get(ORIENTATION_KEY)
 
     def recommended(self) -> dict[str, str]:
-        """The config's measured best ``layer`` and ``method``, where they name real choices."""
+        """The config's measured best ``layer``, ``method`` and ``target`` (a class name), where
+        they name real choices."""
         from .options import METHODS
 
         found = self.config.get("recommended_explanation") or {}
@@ -69,6 +70,8 @@ class LoadedModel:
             out["layer"] = found["layer"]
         if found.get("method") in METHODS:
             out["method"] = found["method"]
+        if found.get("target") in list(self.summary.class_names):
+            out["target"] = found["target"]
         return out
 
 

@@ -276,6 +276,8 @@ def test_the_fmri_sample_explains_every_timepoint_in_one_click_and_plots_the_cur
     try:
         course = next(w for name, w in viewer.window.dock_widgets.items() if name.startswith("Time course"))
         assert widget.model is not None and widget.timepoints.value == ALL
+        # the measured recommendation in the model's config: HiResCAM at the first block, for "task"
+        assert (widget.method.value, widget.target.value) == ("hirescam", "task")
         assert course.region.value.name == "activation (ground truth)"
         assert course.message == NO_SERIES
         widget.run()
@@ -287,6 +289,8 @@ def test_the_fmri_sample_explains_every_timepoint_in_one_click_and_plots_the_cur
         # the model tells task from rest: labels are the HRF-convolved design >= 0.5
         _, regressor, _ = block_design(BlockDesign())
         assert (courses.predicted == (regressor >= 0.5)).mean() >= 0.9
+        # the evidence for "task" in the activation region rises and falls with the design
+        assert np.corrcoef(courses.heat, regressor)[0, 1] >= 0.8
         course.click_time(64.0)
         assert viewer.dims.current_step[0] == 32 and course.marker_time == 64.0
     finally:

@@ -104,7 +104,13 @@ RECIPES = {
         "TR 2 s) on the MNI152 at 3 mm; left primary motor cortex responds; one timepoint per sample, "
         "label = task (HRF-convolved design >= 0.5) or rest",
         "fmri", BlockDesign(), patch=8, per_epoch=400, epochs=18, batch_size=16, lr=1e-3, stop_at=None,
-        normalize="zscore", signal_schedule=(0.3, 0.3, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.04)),
+        normalize="zscore", signal_schedule=(0.3, 0.3, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.04),
+        # bench_quality.py on a held-out run: at the first block HiResCAM puts 0.082 of the heat in
+        # the 210-voxel region (the token oracle 0.109; at the last block 0.004), and the heat in
+        # the region follows the HRF-convolved design (r = 0.96) when every timepoint is explained
+        # for "task"; explained for its predicted class, rest timepoints look at the region too
+        # (its silence is their evidence) and the curve is flat (r = -0.08)
+        recommended={"layer": "vit.transformer.layers.0.0.norm", "method": "hirescam", "target": "task"}),
 }
 
 
