@@ -177,7 +177,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subjects", type=int, default=8)
-    parser.add_argument("--timepoints", type=int, default=20)
+    parser.add_argument("--timepoints", type=int, default=100)
     parser.add_argument("--compute-subjects", type=int, default=4, help="subjects for the fMRI-size model")
     parser.add_argument("--compute-timepoints", type=int, default=10)
     parser.add_argument("--device", default="cpu")

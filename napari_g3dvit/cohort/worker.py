@@ -32,17 +32,21 @@ model_loads = 0  # how often this process loaded a model (tests check it is once
 
 
 def loaded_model(ref: ModelRef, threads: int | None = None):
-    """The ``runner.LoadedModel`` for ``ref``, loaded on first use in this process; (model, seconds)."""
+    """The ``runner.LoadedModel`` for ``ref``, loaded on first use in this process; (model, seconds).
+
+    threads: torch's intra-op threads for the calling task. Set on every call: Dask runs tasks in
+    pool threads that start with one OpenMP thread each, whatever the process was given.
+    """
     global model_loads
+    import torch
+
+    if threads and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
     key = (ref.path, ref.sha256)
     if key in _models:
         return _models[key], 0.0
-    import torch
-
     from ..runner import open_model
 
-    if threads:
-        torch.set_num_threads(threads)
     start = time.perf_counter()
     loaded = open_model(ref.path, ref.config)
     _models.clear()  # one model per worker: a new model replaces the old one
@@ -51,14 +55,19 @@ def loaded_model(ref: ModelRef, threads: int | None = None):
     return loaded, time.perf_counter() - start
 
 
-def open_source(path: Path):
-    """The input's nibabel image (data not read yet); a clear error for what is not a 3D/4D NIfTI."""
+def open_source(path: Path, keep_open: bool = False):
+    """The input's nibabel image (data not read yet); a clear error for what is not a 3D/4D NIfTI.
+
+    keep_open: keep the file (and its decompressor) open between reads, for reading a run's
+    chunks in order: gzip cannot seek, so reopening for each chunk would decompress the run from
+    its start every time.
+    """
     import nibabel as nib
 
     from ..errors import NiftiError
 
     try:
-        image = nib.load(str(path))
+        image = nib.load(str(path), keep_file_open=keep_open)
     except Exception as err:
         raise NiftiError(f"{path.name} is not a readable NIfTI file ({err})") from err
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
@@ -78,6 +87,19 @@ def spatial_and_time(shape: tuple[int, ...]) -> tuple[tuple[int, int, int], int 
     if len(shape) == 3:
         return tuple(shape), None
     return None
+
+
+_reading_now: dict[tuple, object] = {}  # the run this worker reads, kept open between its chunks
+
+
+def _reading(path: Path):
+    """The input opened for chunked reading, reused by this worker's next chunk of the same run."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _reading_now:
+        _reading_now.clear()  # the previous run's file closes with its image
+        _reading_now[key] = open_source(path, keep_open=True)
+    return _reading_now[key]
 
 
 def stored_codes(image) -> str:
@@ -197,7 +219,7 @@ def explain_chunk(job: Job, t0: int, t1: int, choice=None) -> Chunk:
     chunk = Chunk(t0=t0, t1=t1)
     loaded, load_s = loaded_model(job.model, job.settings.threads)
     start = time.perf_counter()
-    image = open_source(job.input.path)
+    image = _reading(job.input.path)
     volumes = read_volumes(image, t0, t1)
     read_s = time.perf_counter() - start
     stored = stored_codes(image)
