@@ -200,22 +200,28 @@ def time_course_table(name: str) -> str:
     run = held_out_run(name)
     baseline = BASELINE["fmri"]
     task = model.g3dvit_config["class_names"].index("task")
-    methods = [m for m in g3d.METHODS if m != "occlusion"] + ["occlusion", "auto"]
+    adapter = find_adapter(model)
+    first, last = adapter.attention_norm(0), adapter.default_layer
+    methods = ([(m, first) for m in CAM_METHODS] + [(m, last) for m in CAM_METHODS]
+               + [(m, None) for m in g3d.METHODS if m not in CAM_METHODS] + [("auto", None)])
     lines = [f"### {name}: heat in the activation region over time ({len(run.data)} timepoints of the held-out "
              f"run, TR {run.tr:g} s)", "",
              "| method | r(heat in region, design), predicted class | r(heat in region, design), task class "
              "| r(p(task), design) | s / timepoint |", "|---|---|---|---|---|"]
-    for method in methods:
+    for method, layer in methods:
         cells = []
         started = time.perf_counter()
         for target in (None, task):
-            exp = g3d.explain(model, run.data, method=method, target=target, baseline=baseline, batch_size=10)
+            exp = g3d.explain(model, run.data, method=method, layer=layer, target=target, baseline=baseline,
+                              batch_size=10)
             courses = time_courses(exp, run.mask, tr=run.tr)
             cells.append(float(np.corrcoef(courses.heat, run.regressor)[0, 1]))
             p_task = np.atleast_2d(exp.probabilities)[:, task]
         seconds = (time.perf_counter() - started) / (2 * len(run.data))
         r_prob = float(np.corrcoef(p_task, run.regressor)[0, 1])
-        label = method if method != "auto" else f"auto ({exp.extra['auto']['chosen']})"
+        label = {first: f"{method} @ first block", last: f"{method} @ last block"}.get(layer, method)
+        if method == "auto":
+            label = f"auto ({exp.extra['auto']['chosen']})"
         lines.append(f"| {label} | {cells[0]:.2f} | {cells[1]:.2f} | {r_prob:.2f} | {seconds:.3f} |")
         print(f"  {name} time course: {method}", end="\r", file=sys.stderr, flush=True)
     print(file=sys.stderr)
