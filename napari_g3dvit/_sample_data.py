@@ -16,9 +16,10 @@ def _labels(filename: str, name: str, visible: bool = True):
     return data, kwargs, "labels"
 
 
-def _volume(model: str, name: str):
+def _volume(model: str, name: str, filename: str | None = None):
+    """A sample volume (``NAME_example.nii.gz`` unless named) as an image layer offering its model."""
     watch_current_viewer()  # neuroimaging display conventions once the volume is in the viewer
-    data, kwargs, _ = read_nifti(sample_path(f"{model}_example.nii.gz"), kind="image")
+    data, kwargs, _ = read_nifti(sample_path(filename or f"{model}_example.nii.gz"), kind="image")
     kwargs["name"] = name
     kwargs["metadata"][MODEL_KEY] = str(sample_path(f"{model}.safetensors"))
     return data, kwargs, "image"
@@ -48,10 +49,7 @@ def cube_value():
 def fmri_task():
     """A 4D block-design task run (MNI152, 3 mm, TR 2 s; time on axis 0 in seconds) and its
     activation region (left primary motor cortex) as Labels."""
-    watch_current_viewer()
-    data, kwargs, _ = read_nifti(sample_path("fmri_task_run.nii.gz"), kind="image")
-    kwargs["name"] = "fMRI task run"
-    kwargs["metadata"][MODEL_KEY] = str(sample_path("fmri_task.safetensors"))
+    data, kwargs, kind = _volume("fmri_task", "fMRI task run", "fmri_task_run.nii.gz")
     kwargs["opacity"] = 0.35  # a bright BOLD volume would outshine its heatmap in 3D
-    image = (np.asarray(data, dtype=np.float32), kwargs, "image")  # the scaled int16 reads as float64
+    image = (np.asarray(data, dtype=np.float32), kwargs, kind)  # the scaled int16 reads as float64
     return [image, _labels("fmri_task_activation_mask.nii.gz", "activation (ground truth)")]

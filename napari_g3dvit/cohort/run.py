@@ -263,6 +263,7 @@ def run_here(jobs: Sequence[Job], progress: bool = True, report: Report | None =
         for job in jobs:
             if len(job.chunks) == 1:
                 outcome = input_task(job)
+                bar.update(job.volumes)
             else:
                 choice = choose_task(job) if AUTO in job.methods else None
                 infos = []
@@ -270,8 +271,6 @@ def run_here(jobs: Sequence[Job], progress: bool = True, report: Report | None =
                     infos.append(chunk_task(job, t0, t1, choice))
                     bar.update(t1 - t0)
                 outcome = finish_task(job, *infos)
-            if len(job.chunks) == 1:
-                bar.update(job.volumes)
             if "error" not in outcome:
                 report.volumes += job.volumes
             _settle(report, job, outcome)

@@ -153,7 +153,7 @@ def _atlas_on(atlas: str, image) -> np.ndarray:
     return _atlases[key]
 
 
-def region_rows(heat: np.ndarray, labels: np.ndarray, timepoint: int | None) -> list[dict]:
+def regions_tsv_rows(heat: np.ndarray, labels: np.ndarray, timepoint: int | None) -> list[dict]:
     """Heat per label of one frame (X, Y, Z) as table rows (the widget's region table's numbers)."""
     from ..regions import region_table
 
@@ -246,7 +246,7 @@ def explain_chunk(job: Job, t0: int, t1: int, choice=None) -> Chunk:
         chunk.methods[method] = {"method": exp.method, "layer": exp.layer, "details": exp.extra}
         if labels is not None:
             chunk.regions[method] = [row for i, frame in enumerate(heat)
-                                     for row in region_rows(frame, labels, t0 + i if series else None)]
+                                     for row in regions_tsv_rows(frame, labels, t0 + i if series else None)]
         chunk.heat_curve[method] = region_heat(heat, labels)[0].tolist()
     first = next(iter(results.values()))
     chunk.probabilities = np.atleast_2d(first.probabilities).tolist()
