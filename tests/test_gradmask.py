@@ -8,7 +8,7 @@ import torch
 
 import napari_g3dvit as g3d
 from napari_g3dvit.cam.engine import prepared_model
-from napari_g3dvit.cam.gradmask import gradmask_scores, qkv_modules
+from napari_g3dvit.cam.gradmask import gradmask_scores
 from napari_g3dvit.models import find_adapter
 
 from conftest import TINY_GRID, TINY_SHAPE, make_vit
@@ -24,7 +24,7 @@ def reference(model, inputs, heads):
         out.retain_grad()
         kept.append(out)
 
-    handles = [m.register_forward_hook(keep) for m in qkv_modules(adapter)]
+    handles = [m.register_forward_hook(keep) for m in adapter.qkv_modules()]
     x = inputs.clone().requires_grad_(True)
     logits = model(x)
     logits = logits[0] if isinstance(logits, tuple) else logits

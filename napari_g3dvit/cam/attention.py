@@ -26,15 +26,14 @@ Every hook is removed and every flag restored in ``finally``, also when the forw
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from ..errors import ModelError, SettingsError
 from ..options import ATTENTION_METHODS
-from .result import MethodResult
+from .result import MethodResult, resolve_targets, target_logits
 
 Tensor = torch.Tensor
 
@@ -44,43 +43,6 @@ GRADIENT_METHODS = frozenset({"grad-rollout", "legrad"})
 class AttentionResult(MethodResult):
     """One attention-based method's output for a batch: ``scores`` [B, N] raw patch-token scores
     (before ReLU, min-max and threshold), ``logits`` [B, K], ``targets`` [B]."""
-
-
-# -- where the attention probabilities are ----------------------------------------------------
-
-def _probability_modules(adapter) -> list[nn.Module]:
-    """The module of each block (first to last) whose forward output is that block's A."""
-    vit = adapter.vit
-    if adapter.architecture == "vit-pytorch-3d":
-        modules = [getattr(attn, "attend", None) for attn, _ in vit.transformer.layers]
-        where = "Attention.attend (softmax)"
-    elif adapter.architecture == "monai-vit":
-        modules = [getattr(getattr(block, "attn", None), "drop_weights", None) for block in vit.blocks]
-        where = "SABlock.drop_weights"
-    else:
-        kind = adapter.architecture or type(vit).__name__
-        raise ModelError(f"attention-based methods do not support {kind} models")
-    if not modules or any(not isinstance(m, nn.Module) for m in modules):
-        raise ModelError(f"this ViT's blocks do not all have the expected {where} module, so its attention cannot be read")
-    return modules
-
-
-@contextmanager
-def _explicit_attention(adapter) -> Iterator[None]:
-    """Route MONAI blocks built with flash attention through their explicit softmax branch."""
-    switched = []
-    if adapter.architecture == "monai-vit":
-        for block in adapter.vit.blocks:
-            attn = block.attn
-            if getattr(attn, "use_flash_attention", False):
-                switched.append(attn)
-    try:
-        for attn in switched:
-            attn.use_flash_attention = False
-        yield
-    finally:
-        for attn in switched:
-            attn.use_flash_attention = True
 
 
 class _AttentionRecorder:
@@ -226,21 +188,6 @@ def _requested(methods: Sequence[str]) -> list[str]:
     return chosen
 
 
-def _target_classes(logits: Tensor, targets: Tensor | None) -> Tensor:
-    if targets is None:
-        return logits.argmax(dim=1)
-    targets = torch.as_tensor(targets, device=logits.device).long().reshape(-1)
-    if targets.shape[0] != logits.shape[0]:
-        raise SettingsError(f"got {targets.shape[0]} target classes for a batch of {logits.shape[0]}")
-    if int(targets.min()) < 0 or int(targets.max()) >= logits.shape[1]:
-        bad = int(targets.max()) if int(targets.max()) >= logits.shape[1] else int(targets.min())
-        raise SettingsError(
-            f"target class {bad} does not exist: the model has {logits.shape[1]} classes "
-            f"(0 to {logits.shape[1] - 1})"
-        )
-    return targets
-
-
 def attention_scores(
     adapter,
     inputs: Tensor,
@@ -262,10 +209,10 @@ def attention_scores(
     chosen = _requested(methods)
     needs_grad = any(m in GRADIENT_METHODS for m in chosen)
     geometry = adapter.geometry
-    modules = _probability_modules(adapter)
+    modules = adapter.attention_probability_modules()
     recorder = None
     try:
-        with _explicit_attention(adapter):
+        with adapter.explicit_attention():
             recorder = _AttentionRecorder(modules, (inputs.shape[0], geometry.num_tokens), needs_grad)
             with torch.set_grad_enabled(needs_grad):
                 output = adapter.model(inputs)
@@ -278,11 +225,11 @@ def attention_scores(
                         f"block {missing[0]}'s attention probabilities were not seen in the forward "
                         "pass (a fused attention kernel?), so attention-based methods cannot run"
                     )
-                targets = _target_classes(logits.detach(), targets)
+                targets = resolve_targets(logits.detach(), targets)
                 maps = list(recorder.maps)
                 grads = None
                 if needs_grad:
-                    score = logits.gather(1, targets[:, None]).sum()
+                    score = target_logits(logits, targets).sum()
                     if not score.requires_grad:
                         raise ModelError("the class score does not depend on the ViT's attention maps")
                     grads = torch.autograd.grad(score, maps, allow_unused=True)

@@ -17,8 +17,9 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..errors import LayerError, ModelError, SettingsError
+from ..errors import LayerError, ModelError
 from ..models.layers import is_token_sequence
+from .result import resolve_targets, target_logits
 
 
 @dataclass
@@ -152,14 +153,8 @@ def run_capture(
                     f"layer {missing[0]!r} did not run when the model was called; pick a layer "
                     "from napari_g3dvit.token_layers(model)"
                 )
-            if targets is None:
-                targets = logits.argmax(dim=1)
-            elif int(targets.max()) >= logits.shape[1]:
-                raise SettingsError(
-                    f"target class {int(targets.max())} does not exist: the model has "
-                    f"{logits.shape[1]} classes (0 to {logits.shape[1] - 1})"
-                )
-            score = logits.gather(1, targets[:, None].to(logits.device)).sum()
+            targets = resolve_targets(logits.detach(), targets)
+            score = target_logits(logits, targets).sum()
             names = list(layers)
             if not score.requires_grad:
                 raise LayerError(

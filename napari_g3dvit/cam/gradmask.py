@@ -23,12 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from ..errors import ModelError, SettingsError
 from .perturbation import baseline_inputs
 from .postprocess import tokens_to_voxels
-from .result import MethodResult, target_probability
+from .result import MethodResult, resolve_targets, target_logits, target_probability
 
 Tensor = torch.Tensor
 
@@ -41,27 +40,6 @@ class GradMaskResult(MethodResult):
     masks: int = 0
 
 
-def qkv_modules(adapter) -> list[nn.Module]:
-    """The fused Q/K/V projection of every block, first to last."""
-    vit = adapter.vit
-    if adapter.architecture == "vit-pytorch-3d":
-        found = [getattr(attn, "to_qkv", None) for attn, _ in vit.transformer.layers]
-    elif adapter.architecture == "monai-vit":
-        found = [getattr(getattr(block, "attn", None), "qkv", None) for block in vit.blocks]
-    else:
-        raise ModelError(f"GradMask does not support {adapter.architecture or type(vit).__name__} models")
-    if not found or any(not isinstance(m, nn.Module) for m in found):
-        raise ModelError("this ViT's blocks do not all have a fused Q/K/V projection, so GradMask cannot run")
-    return found
-
-
-def _heads(adapter) -> int:
-    vit = adapter.vit
-    if adapter.architecture == "vit-pytorch-3d":
-        return int(vit.transformer.layers[0][0].heads)
-    return int(vit.blocks[0].attn.num_heads)
-
-
 def gradmask_scores(adapter, inputs: Tensor, targets: Tensor | None, baseline: str = "mean",
                     masks_per_layer: int | None = None, batch_size: int = 16) -> GradMaskResult:
     """GradMask token scores; the model must already be prepared (eval, frozen parameters).
@@ -69,10 +47,10 @@ def gradmask_scores(adapter, inputs: Tensor, targets: Tensor | None, baseline: s
     inputs: [B, C, F, H, W]; targets: [B] or None (each input's predicted class).
     """
     geometry = adapter.geometry
-    groups = masks_per_layer or _heads(adapter)
+    groups = masks_per_layer or adapter.heads
     if not isinstance(groups, int) or groups < 1:
         raise SettingsError(f"masks_per_layer must be a positive whole number, got {masks_per_layer!r}")
-    modules = qkv_modules(adapter)
+    modules = adapter.qkv_modules()
     outputs: list[Tensor | None] = [None] * len(modules)
 
     def keep(index: int):
@@ -87,9 +65,8 @@ def gradmask_scores(adapter, inputs: Tensor, targets: Tensor | None, baseline: s
             logits = adapter.logits(adapter.model(start))
             if logits.ndim == 1:
                 logits = logits[:, None]
-            if targets is None:
-                targets = logits.argmax(dim=1)
-            score = logits.gather(1, targets[:, None].to(logits.device)).sum()
+            targets = resolve_targets(logits.detach(), targets)
+            score = target_logits(logits, targets).sum()
             grads = torch.autograd.grad(score, outputs, allow_unused=True)
     finally:
         for handle in handles:

@@ -38,7 +38,7 @@ from torch import nn
 
 from ..errors import ModelError, SettingsError, VolumeError
 from ..options import BASELINES, OCCLUSION_MODES
-from .result import MethodResult
+from .result import MethodResult, batched_logits, resolve_targets, target_logits
 
 Tensor = torch.Tensor
 Progress = Callable[[int, int], None]
@@ -69,41 +69,9 @@ def _check_positive(value, name: str) -> None:
         raise SettingsError(f"{name} must be a positive whole number, got {value!r}")
 
 
-def _forward(adapter, x: Tensor) -> Tensor:
-    """Class scores [n, K] of ``x`` under the whole model, through the CLS fast path when it holds."""
-    if adapter.supports_cls_fast_path([]):
-        with adapter.cls_fast_path():
-            output = adapter.model(x)
-    else:
-        output = adapter.model(x)
-    logits = adapter.logits(output)
-    return logits[:, None] if logits.ndim == 1 else logits
-
-
-def _resolve_targets(logits: Tensor, targets: Tensor | None) -> Tensor:
-    """[B] int64 on the logits' device: each input's argmax for None, else the given classes."""
-    if targets is None:
-        return logits.argmax(dim=1)
-    targets = torch.as_tensor(targets).to(device=logits.device, dtype=torch.int64).reshape(-1)
-    if targets.numel() != logits.shape[0]:
-        raise SettingsError(f"{targets.numel()} targets were given for {logits.shape[0]} inputs; give one per input")
-    if bool((targets < 0).any()) or int(targets.max()) >= logits.shape[1]:
-        raise SettingsError(
-            f"target classes must lie in 0 to {logits.shape[1] - 1} (the model has {logits.shape[1]} "
-            f"classes); got {targets.tolist()}"
-        )
-    return targets
-
-
-def _target_scores(logits: Tensor, targets: Tensor) -> Tensor:
-    """The raw logit of each row's target: [n, K], [n] -> [n]."""
-    return logits.gather(1, targets[:, None]).squeeze(1)
-
-
 def _unperturbed_logits(adapter, inputs: Tensor, batch_size: int) -> tuple[Tensor, int]:
     """Logits [B, K] of ``inputs`` in chunks of ``batch_size``, and the number of model calls."""
-    parts = [_forward(adapter, inputs[i : i + batch_size]) for i in range(0, inputs.shape[0], batch_size)]
-    return torch.cat(parts), len(parts)
+    return batched_logits(adapter, inputs, batch_size), -(-inputs.shape[0] // batch_size)
 
 
 def baseline_inputs(inputs: Tensor, kind: str, patch_size: tuple[int, int, int]) -> Tensor:
@@ -247,9 +215,9 @@ class _Occluder:
             who = owners[start : start + self.batch_size]
             perturbed = occluded_inputs(self.inputs, self.base, who, regions[start : start + self.batch_size],
                                         self.patch_size)
-            logits = _forward(self.adapter, perturbed)
+            logits = self.adapter.forward(perturbed)
             self.calls += 1
-            out.append(self.reference[who] - _target_scores(logits, self.targets[who]).float())
+            out.append(self.reference[who] - target_logits(logits, self.targets[who]).float())
             self.done += int(who.shape[0])
             if self.progress is not None:
                 self.progress(self.done, self.total)
@@ -331,8 +299,8 @@ def occlusion_scores(
 
     with torch.no_grad():
         logits, calls = _unperturbed_logits(adapter, inputs, batch_size)
-        targets = _resolve_targets(logits, targets)
-        reference = _target_scores(logits, targets).float()
+        targets = resolve_targets(logits, targets)
+        reference = target_logits(logits, targets).float()
         base = baseline_inputs(inputs, baseline, patch_size)
         occluder = _Occluder(adapter, inputs, base, targets, reference, grid, patch_size, batch_size, progress)
         occluder.calls = calls
@@ -530,9 +498,9 @@ def completeness_gap(adapter, inputs: Tensor, attributions: Tensor, targets: Ten
     _check_inputs(inputs, patch_size)
     with torch.no_grad():
         targets = torch.as_tensor(targets).to(device=inputs.device, dtype=torch.int64).reshape(-1)
-        at_input = _target_scores(_forward(adapter, inputs), targets).float()
+        at_input = target_logits(adapter.forward(inputs), targets).float()
         base = baseline_inputs(inputs, baseline, patch_size)
-        at_base = _target_scores(_forward(adapter, base), targets).float()
+        at_base = target_logits(adapter.forward(base), targets).float()
     return _gap(attributions.to(inputs.device), at_input, at_base)
 
 
@@ -587,7 +555,7 @@ def integrated_gradients(
         x = inputs.detach().clone()
         with torch.no_grad():
             logits, _ = _unperturbed_logits(adapter, x, batch_size)
-            targets = _resolve_targets(logits, targets)
+            targets = resolve_targets(logits, targets)
             x0 = baseline_inputs(x, baseline, patch_size)
             base_logits, _ = _unperturbed_logits(adapter, x0, batch_size)
         delta = x - x0
@@ -599,7 +567,7 @@ def integrated_gradients(
             who = owners[start : start + batch_size]
             alpha = points[start : start + batch_size].to(x.dtype).view(-1, 1, 1, 1, 1)
             scaled = (x0[who] + alpha * delta[who]).detach().requires_grad_(True)
-            score = _target_scores(_forward(adapter, scaled), targets[who]).sum()
+            score = target_logits(adapter.forward(scaled), targets[who]).sum()
             if not score.requires_grad:
                 raise ModelError(
                     "the class score does not depend on the input through autograd (the model "
@@ -613,6 +581,6 @@ def integrated_gradients(
         attributions.detach(),
         logits.detach(),
         targets.detach(),
-        input_scores=_target_scores(logits, targets).float().detach(),
-        baseline_scores=_target_scores(base_logits, targets).float().detach(),
+        input_scores=target_logits(logits, targets).float().detach(),
+        baseline_scores=target_logits(base_logits, targets).float().detach(),
     )

@@ -1,9 +1,22 @@
-"""What every ViT adapter shares: reading class scores and recognising its model class."""
+"""What every ViT adapter shares: reading class scores and recognising its model class.
+
+An adapter owns every architecture detail the methods need (where the blocks, attention
+probabilities, fused Q/K/V projections and the transformer's input tokens are), so that a
+method never asks which architecture it runs on.
+"""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
 import torch
 from torch import nn
+
+from ..errors import ModelError
+
+#: fn(tokens [B, T, C]) -> tokens [B, T', C]: what a token-entry hook does to the transformer's input
+TokenEdit = Callable[[torch.Tensor], torch.Tensor]
 
 
 def defined_in(module: nn.Module, module_name: str, class_name: str = "ViT") -> bool:
@@ -51,3 +64,70 @@ class ViTAdapter:
 
     def supports_cls_fast_path(self, hooked: list[nn.Module]) -> bool:
         return False
+
+    @contextmanager
+    def cls_fast_path(self) -> Iterator[None]:
+        yield
+
+    def forward(self, inputs: torch.Tensor, fast: bool = True) -> torch.Tensor:
+        """Class scores [B, K] of ``inputs`` [B, C, F, H, W] under the whole model (the CLS fast
+        path when ``fast`` and it holds with no layer hooked)."""
+        if fast and self.supports_cls_fast_path([]):
+            with self.cls_fast_path():
+                output = self.model(inputs)
+        else:
+            output = self.model(inputs)
+        logits = self.logits(output)
+        return logits[:, None] if logits.ndim == 1 else logits
+
+    # -- where the methods look ---------------------------------------------------------------
+
+    def _attention_modules(self) -> list:
+        raise NotImplementedError
+
+    def attention_probability_modules(self) -> list[nn.Module]:
+        """The module of each block (first to last) whose forward output is that block's
+        attention probabilities [B, heads, T, T]."""
+        modules = self._attention_modules()
+        if not modules or any(not isinstance(m, nn.Module) for m in modules):
+            raise ModelError("this ViT's blocks do not all have the module that holds their attention "
+                             "probabilities, so its attention cannot be read")
+        return modules
+
+    @contextmanager
+    def explicit_attention(self) -> Iterator[None]:
+        """While inside, every block computes its attention probabilities explicitly (no fused kernel)."""
+        yield
+
+    def _qkv_modules(self) -> list:
+        raise NotImplementedError
+
+    def qkv_modules(self) -> list[nn.Module]:
+        """The fused Q/K/V projection of every block, first to last (outputs [B, T, 3 * inner])."""
+        found = self._qkv_modules()
+        if not found or any(not isinstance(m, nn.Module) for m in found):
+            raise ModelError("this ViT's blocks do not all have a fused Q/K/V projection")
+        return found
+
+    @property
+    def heads(self) -> int:
+        raise NotImplementedError
+
+    def _entry_module(self) -> tuple[nn.Module, bool]:
+        """(module, output): the transformer's input tokens are that module's output (True) or
+        its first positional input (False)."""
+        raise NotImplementedError
+
+    def token_entry_hook(self, edit: TokenEdit):
+        """Hook ``edit`` onto the transformer's input tokens [B, T, C] (patch embedding plus
+        position embedding, CLS first, after the embedding dropout). Returns the handle."""
+        module, output = self._entry_module()
+        if output:
+            return module.register_forward_hook(lambda _m, _args, out: edit(out))
+        return module.register_forward_pre_hook(lambda _m, args: (edit(args[0]), *args[1:]))
+
+    def block_input_module(self, block: int) -> nn.Module:
+        """A module whose first input is exactly the residual stream entering ``block`` (its
+        attention-input LayerNorm, called in every forward path)."""
+        modules = dict(self.model.named_modules())
+        return modules[self.attention_norm(block)]

@@ -7,7 +7,8 @@ flattened in ``(d h w)`` order, so the grid comes out in input-axis order. The m
 
 from __future__ import annotations
 
-from typing import Mapping
+from contextlib import contextmanager
+from typing import Iterator, Mapping
 
 import torch
 from torch import nn
@@ -56,6 +57,36 @@ class MonaiViT(ViTAdapter):
 
     def attention_norm(self, block: int) -> str:
         return f"{self.blocks[block]}.norm1"
+
+    def _attention_modules(self) -> list:
+        # SABlock computes its softmax inline and passes the probabilities through drop_weights,
+        # a Dropout that in eval mode returns the very tensor MONAI computed
+        return [getattr(getattr(block, "attn", None), "drop_weights", None) for block in self.vit.blocks]
+
+    @contextmanager
+    def explicit_attention(self) -> Iterator[None]:
+        """Blocks built with flash attention never materialise their probabilities: switch them
+        to MONAI's explicit branch (the same attention) while inside."""
+        switched = [block.attn for block in self.vit.blocks if getattr(block.attn, "use_flash_attention", False)]
+        try:
+            for attn in switched:
+                attn.use_flash_attention = False
+            yield
+        finally:
+            for attn in switched:
+                attn.use_flash_attention = True
+
+    def _qkv_modules(self) -> list:
+        return [getattr(getattr(block, "attn", None), "qkv", None) for block in self.vit.blocks]
+
+    @property
+    def heads(self) -> int:
+        return int(self.vit.blocks[0].attn.num_heads)
+
+    def _entry_module(self) -> tuple[nn.Module, bool]:
+        # MONAI's forward concatenates the CLS token after the patch embedding: the first
+        # block's input is the whole sequence
+        return self.vit.blocks[0], False
 
 
 def check_monai_section(section: Mapping | None) -> dict:

@@ -106,6 +106,20 @@ class VitPytorch3D(ViTAdapter):
     def attention_norm(self, block: int) -> str:
         return f"{self.blocks[block]}.0.norm"
 
+    def _attention_modules(self) -> list:
+        return [getattr(attn, "attend", None) for attn, _ in self.vit.transformer.layers]  # nn.Softmax
+
+    def _qkv_modules(self) -> list:
+        return [getattr(attn, "to_qkv", None) for attn, _ in self.vit.transformer.layers]
+
+    @property
+    def heads(self) -> int:
+        return int(self.vit.transformer.layers[0][0].heads)
+
+    def _entry_module(self) -> tuple[nn.Module, bool]:
+        # the embedding dropout's output: both the stock forward and the CLS fast path call it
+        return self.vit.dropout, True
+
     # -- the CLS fast path ------------------------------------------------------------------
 
     def _stock_modules(self) -> bool:
