@@ -26,6 +26,7 @@ import argparse
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from napari_g3dvit.cam.postprocess import keep_top_percent, tokens_to_voxels
 from napari_g3dvit.evaluation import metrics as M
 from napari_g3dvit.evaluation.recipes import RECIPES
 from napari_g3dvit.models import find_adapter
-from napari_g3dvit.options import CAM_METHODS
+from napari_g3dvit.registry import CAM_METHODS
 from napari_g3dvit.sample_models import sample_path
 
 HELD_OUT_SEED = 20_000
@@ -44,7 +45,15 @@ HELD_OUT_SEED = 20_000
 #: What deleted voxels become: the cubes' background is exactly 0; in the brain the volume's
 #: mean (0.23) is darker than the ventricles (0.35), so it would add evidence, while a 5-voxel
 #: blur pulls them towards the surrounding white matter (0.74).
-BASELINE = {"cube": "zero", "brain": "blur", "fmri": "blur"}
+BASELINE = {"cube": "zero", "brain": "blur", "fmri": "blur", "lesion": "blur"}
+#: where a model lives: the shipped samples, or benchmarks/models for the held-out lesion model
+#: (``g3dvit train lesion --out benchmarks/models``)
+BENCH_MODELS = Path(__file__).parent / "models"
+
+
+def model_path(name: str) -> Path:
+    local = BENCH_MODELS / f"{name}.safetensors"
+    return local if local.is_file() else sample_path(f"{name}.safetensors")
 
 
 def held_out_run(name: str):
@@ -60,6 +69,14 @@ def held_out(name: str, n: int):
         run = held_out_run(name)
         task = np.flatnonzero(run.labels == 1)[:n]
         return run.data[task], run.labels[task], np.broadcast_to(run.mask, run.data[task].shape), run.brain
+    if recipe.kind == "lesion":  # volumes that hold a lesion: the ground truth is the lesion
+        from napari_g3dvit.evaluation.brain import mni_anatomy
+        from napari_g3dvit.evaluation.lesion import make_lesions
+
+        anatomy = mni_anatomy()
+        s = make_lesions(anatomy, recipe.task, 2 * n, seed=HELD_OUT_SEED)
+        keep = np.flatnonzero(s.labels == 1)[:n]
+        return s.volumes[keep], s.labels[keep], s.masks[keep], anatomy.brain
     if recipe.kind == "cube":
         from napari_g3dvit.evaluation.synthetic import make_cubes
 
@@ -86,8 +103,9 @@ def shown(token_map: np.ndarray, patch) -> np.ndarray:
 
 
 def evaluate(name: str, n: int) -> list[dict]:
-    model = g3d.load_model(sample_path(f"{name}.safetensors"))
-    patch = find_adapter(model).geometry.patch_size
+    model = g3d.load_model(model_path(name))
+    adapter = find_adapter(model)
+    patch = adapter.geometry.patch_size
     volumes, labels, masks, brain = held_out(name, n)
     baseline = BASELINE[RECIPES[name].kind]
     predict = M.model_predictor(model)
@@ -96,47 +114,60 @@ def evaluate(name: str, n: int) -> list[dict]:
     if RECIPES[name].kind == "fmri":  # per timepoint, over the whole held-out run
         run = held_out_run(name)
         accuracy = float((predict(run.data).argmax(1) == run.labels).mean())
-    adapter = find_adapter(model)
     layers = {"last block": adapter.default_layer, "first block": adapter.attention_norm(0)}
-    free = [m for m in g3d.METHODS if m not in CAM_METHODS]  # methods that use no single layer
-    maps = [f"{m} @ {where}" for where in layers for m in CAM_METHODS] + free + ["occlusion (full)", "auto"]
+    free = [m for m in g3d.METHODS if m not in CAM_METHODS and m != "occlusion"]  # no single layer
+    occlusions = {"occlusion (fast, drop)": dict(occlusion="fast", baseline="drop"),
+                  "occlusion (estimate, drop)": dict(occlusion="estimate", baseline="drop"),
+                  "occlusion (full, drop)": dict(occlusion="full", baseline="drop"),
+                  f"occlusion (full, {baseline})": dict(occlusion="full", baseline=baseline)}
+    expensive = {"occlusion (full, drop)", f"occlusion (full, {baseline})", "auto"}  # not on the random model
+    maps = [f"{m} @ {where}" for where in layers for m in CAM_METHODS] + free + list(occlusions) + ["auto"]
     names = maps + ["random map", "uniform map", "token-overlap oracle"]
-    rows = {k: {"mass": [], "point": [], "iou": [], "del": [], "ins": [], "sanity": [], "brain": [], "sec": [],
-                "rho_occ": []} for k in names}
+    rows = {k: {"mass": [], "point": [], "iou": [], "del": [], "ins": [], "gain": [], "sanity": [], "brain": [],
+                "sec": [], "rho_occ": []} for k in names}
     choices: dict[str, int] = {}
 
-    def all_maps(net, volume, label) -> tuple[dict, dict]:
-        """Token maps of every method for one volume, and seconds per map."""
-        seconds = {}
+    def all_maps(net, volume, label, cheap: bool = False) -> tuple[dict, dict, str]:
+        """Token maps of every method for one volume (raw scores), and seconds per map."""
+        seconds, found = {}, {}
         started = time.perf_counter()
+        raw: dict = {}
         cams = g3d.explain(net, volume, method=list(CAM_METHODS), layer=list(layers.values()),
                            target=int(label), threshold=None)
         seconds.update({f"{m} @ {w}": (time.perf_counter() - started) / len(cams) for w in layers for m in CAM_METHODS})
-        found = {f"{m} @ {where}": cams[(m, layer)].token_map for where, layer in layers.items() for m in CAM_METHODS}
+        found.update({f"{m} @ {where}": cams[(m, layer)].token_map for where, layer in layers.items() for m in CAM_METHODS})
         for m in free:
             started = time.perf_counter()
             found[m] = g3d.explain(net, volume, method=m, target=int(label), threshold=None,
-                                   baseline=baseline).token_map
+                                   baseline=None if m == "cp-lrp" else baseline).token_map
             seconds[m] = time.perf_counter() - started
-        started = time.perf_counter()
-        found["occlusion (full)"] = g3d.explain(net, volume, method="occlusion", occlusion="full", target=int(label),
-                                                threshold=None, baseline=baseline).token_map
-        seconds["occlusion (full)"] = time.perf_counter() - started
-        started = time.perf_counter()
-        auto = g3d.explain(net, volume, method="auto", target=int(label), threshold=None, baseline=baseline)
-        seconds["auto"] = time.perf_counter() - started
-        found["auto"] = auto.token_map
-        return found, seconds, auto.extra["auto"]["chosen"]
+        for label_, settings in occlusions.items():
+            if cheap and label_ in expensive:
+                continue
+            started = time.perf_counter()
+            found[label_] = g3d.explain(net, volume, method="occlusion", target=int(label), threshold=None,
+                                        **settings).token_map
+            seconds[label_] = time.perf_counter() - started
+        chosen = ""
+        if not cheap:
+            started = time.perf_counter()
+            auto = g3d.explain(net, volume, method="auto", target=int(label), threshold=None, rechoose=True)
+            seconds["auto"] = time.perf_counter() - started
+            found["auto"] = auto.token_map
+            chosen = auto.extra["auto"]["chosen"]
+        return found, seconds, chosen
 
+    reference_key = "occlusion (full, drop)"
     for i, (volume, label, mask) in enumerate(zip(volumes, labels, masks)):
         token_maps, seconds, chosen = all_maps(model, volume, label)
         choices[chosen] = choices.get(chosen, 0) + 1
-        random_maps = all_maps(randomised, volume, label)[0]
-        reference = token_maps["occlusion (full)"]
+        random_maps = all_maps(randomised, volume, label, cheap=True)[0]
+        reference = token_maps[reference_key]
         grid = next(iter(token_maps.values())).shape
         token_maps["random map"] = M.random_token_map(grid, seed=i)
         token_maps["uniform map"] = np.ones(grid, dtype=np.float32)
         token_maps["token-overlap oracle"] = token_overlap(mask, patch)
+        gains = criterion_gains(model, volume, int(label), token_maps)
         for key, tokens in token_maps.items():
             heat = shown(tokens, patch)
             full = tokens_to_voxels(torch.as_tensor(tokens)[None], patch, "nearest")[0].numpy()
@@ -144,13 +175,15 @@ def evaluate(name: str, n: int) -> list[dict]:
             r["mass"].append(M.relevance_mass(heat, mask))
             r["point"].append(M.pointing_game(heat, mask))
             r["iou"].append(M.topk_iou(heat, mask, 5.0, patch=patch))
+            r["gain"].append(gains[key])
             for key_, mode in (("del", "deletion"), ("ins", "insertion")):
                 curve = M.perturbation_curve(predict, volume, full, int(label), mode, baseline=baseline, patch=patch)
                 r[key_].append(curve[2])
-            if key in random_maps:
-                r["sanity"].append(M.spearman(tokens, random_maps[key]))
+            if key in seconds:
                 r["sec"].append(seconds[key])
                 r["rho_occ"].append(M.spearman(tokens, reference))
+            if key in random_maps:
+                r["sanity"].append(M.spearman(tokens, random_maps[key]))
             if brain is not None:
                 r["brain"].append(M.relevance_mass(heat, brain))
         print(f"  {name}: {i + 1}/{len(volumes)}", end="\r", file=sys.stderr, flush=True)
@@ -164,27 +197,51 @@ def evaluate(name: str, n: int) -> list[dict]:
     return out
 
 
+def criterion_gains(model, volume: np.ndarray, label: int, token_maps: dict) -> dict:
+    """auto's criterion (relevance gain, dropped tokens) of every map on one volume."""
+    from napari_g3dvit.cam.engine import prepared_model
+    from napari_g3dvit.cam.faithfulness import relevance_curves
+    from napari_g3dvit.explaining import model_inputs, preprocessing_of
+
+    adapter = find_adapter(model)
+    prep = preprocessing_of(model, None)
+    inputs = model_inputs(adapter, prep.to_model(torch.as_tensor(volume[None]).float(), adapter.geometry.input_shape))
+    maps = {key: torch.as_tensor(np.asarray(t, dtype=np.float32)).reshape(1, -1) for key, t in token_maps.items()}
+    with prepared_model(model, torch.device("cpu")):
+        curves = relevance_curves(adapter, inputs, maps, torch.tensor([label]))
+    return {key: float(c.gain[0]) for key, c in curves.items()}
+
+
 def table(name: str, rows: list[dict], n: int) -> str:
     brain = rows[0]["brain"] is not None
     lines = [f"### {name} ({n} held-out samples, model accuracy on them {rows[0]['accuracy']:.2f}, "
              f"chance mass = region fraction {rows[0]['chance']:.4f}, deletion/insertion baseline: "
              f"{rows[0]['baseline']})", ""]
     head = ("| method | mass in region | pointing game | IoU top 5 % | deletion AUC | insertion AUC | "
-            "rho with full occlusion | sanity rho | s / map |")
+            "auto's criterion | rho with full occlusion (drop) | sanity rho | s / map |")
     if brain:
         head = head.replace("| sanity", "| mass in brain | sanity")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        cells = [r["method"], f"{r['mass']:.3f}", f"{r['point']:.2f}", f"{r['iou']:.3f}", f"{r['del']:.3f}", f"{r['ins']:.3f}"]
+        cells = [r["method"], f"{r['mass']:.3f}", f"{r['point']:.2f}", f"{r['iou']:.3f}", f"{r['del']:.3f}",
+                 f"{r['ins']:.3f}", f"{r['gain']:+.3f}"]
         if brain:
             cells.append(f"{r['brain']:.3f}")
-        cells.insert(6, "-" if r["rho_occ"] is None else f"{r['rho_occ']:.2f}")
+        cells.insert(7, "-" if r["rho_occ"] is None else f"{r['rho_occ']:.2f}")
         cells += ["-" if r["sanity"] is None else f"{r['sanity']:.2f}", "-" if r["sec"] is None else f"{r['sec']:.4f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    oracle = next(r for r in rows if r["method"] == "token-overlap oracle")
-    auto = next(r for r in rows if r["method"] == "auto")
-    lines += ["", f"auto's choices: {rows[0]['choices']}; auto / oracle: mass {auto['mass'] / oracle['mass']:.2f}, "
-                  f"pointing {auto['point'] / max(oracle['point'], 1e-9):.2f}"]
+    by = {r["method"]: r for r in rows}
+    oracle, auto, occlusion = by["token-overlap oracle"], by["auto"], by["occlusion (full, drop)"]
+    cp, cams = by["cp-lrp"], [r for r in rows if " @ " in r["method"]]
+
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}" if b > 0 else ("1.00" if a == b else "inf")
+
+    lines += ["", f"auto's choices: {rows[0]['choices']}; auto / oracle: mass {ratio(auto['mass'], oracle['mass'])}, "
+                  f"pointing {ratio(auto['point'], oracle['point'])}; auto / full occlusion (drop): mass "
+                  f"{ratio(auto['mass'], occlusion['mass'])}, pointing {ratio(auto['point'], occlusion['point'])}; "
+                  f"cp-lrp against the best CAM method: mass {cp['mass']:.3f} vs {max(r['mass'] for r in cams):.3f}, "
+                  f"pointing {cp['point']:.2f} vs {max(r['point'] for r in cams):.2f}"]
     return "\n".join(lines)
 
 
@@ -196,7 +253,7 @@ def time_course_table(name: str) -> str:
     """
     from napari_g3dvit.timecourse import time_courses
 
-    model = g3d.load_model(sample_path(f"{name}.safetensors"))
+    model = g3d.load_model(model_path(name))
     run = held_out_run(name)
     baseline = BASELINE["fmri"]
     task = model.g3dvit_config["class_names"].index("task")

@@ -19,7 +19,8 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 from .errors import G3DViTError, LayerError, ModelError, NiftiError, SettingsError, VolumeError
-from .options import DEFAULT_THRESHOLD, METHODS, POOLINGS, UPSAMPLE_MODES
+from .options import DEFAULT_THRESHOLD, POOLINGS, UPSAMPLE_MODES
+from .registry import METHODS
 
 try:
     from importlib.metadata import version as _version

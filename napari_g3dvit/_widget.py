@@ -26,7 +26,8 @@ from magicgui.widgets import (
     Table,
 )
 
-from .options import AUTO, BASELINES, CAM_METHODS, DEFAULT_THRESHOLD, METHODS, POOLINGS, UPSAMPLE_MODES
+from .options import BASELINES, DEFAULT_THRESHOLD, POOLINGS, UPSAMPLE_MODES
+from .registry import AUTO, CAM_METHODS, METHODS
 from .runner import (
     DEFAULT_STEP,
     MODEL_KEY,

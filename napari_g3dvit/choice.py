@@ -1,134 +1,264 @@
 """``method="auto"``: the most faithful map, chosen on the volume itself, without ground truth.
 
-Candidates are (method, layer) pairs: the CAM methods at the first and the last block's
-attention-input LayerNorm, the attention methods, and occlusion when its cost fits the budget.
-Each candidate's token map is scored by the MoRF drop (``cam.faithfulness``): how far the
-target probability falls when its hottest tokens are replaced by the volume's mean. The best
-candidate wins. ``choose_method`` makes the choice once (on a few volumes) so that it can be
-reused for a whole series or cohort at the cost of the chosen method alone.
+Candidates are (method, layer, settings) triples taken from the registry's ``auto`` methods, in
+order of priority, as long as they fit the choice's budget in forward passes (none by default):
+cp-lrp (one forward and one backward), occlusion's first-order estimate (the same cost), the
+attention methods (one pass), and the CAM methods at the first block's attention-input
+LayerNorm (one pass). The model config's recommended (method, layer) joins them. Each candidate's token map
+is scored by the relevance gain (``cam.faithfulness``): how much of the target probability the
+map's top tokens keep on their own, minus how much is left without them, with tokens removed
+from the sequence. The best candidate wins.
+
+The choice is made once: later ``auto`` calls on the same model (same weights) and the same
+input shape, target and settings reuse it at the cost of the chosen method alone (``rechoose``
+forces a fresh one), and a series is judged on a few of its timepoints.
 """
 
 from __future__ import annotations
 
+import json
+import time
+import weakref
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import G3DViTError, LayerError
-from .options import ATTENTION_METHODS, CAM_METHODS, METHOD_LAYERS
+from .errors import LayerError, ModelError
+from .registry import METHOD_LAYERS, METHOD_SPECS, SETTINGS, spec
 
-#: occlusion is a candidate when its forwards per volume stay within this budget
-DEFAULT_OCCLUSION_BUDGET = 400
+#: forward passes (a backward counted as one) a choice may cost per volume; None: no limit
+DEFAULT_BUDGET: float | None = None
 #: timepoints of a series the choice is made on (spread over the run)
 CHOICE_VOLUMES = 3
+#: auto's removal for its criterion when the caller names none
+DEFAULT_REMOVAL = "drop"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A map auto may pick: a method, its hooked layer (CAM methods) and settings of its own."""
+
+    method: str
+    layer: str | None = None
+    settings: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def label(self) -> str:
+        where = self.layer or METHOD_LAYERS.get(self.method, "")
+        extra = "".join(f", {k}={v}" for k, v in self.settings)
+        return f"{self.method} @ {where}{extra}"
 
 
 @dataclass(frozen=True)
 class MethodChoice:
-    """The chosen method and layer, and every candidate's MoRF drop (higher = more faithful)."""
+    """The chosen candidate, and every candidate's relevance gain (higher = more faithful)."""
 
     method: str
     layer: str | None  # None for methods that use no single layer
+    settings: dict = field(default_factory=dict)  # the chosen candidate's own explain settings
     scores: dict[str, float] = field(default_factory=dict)
+    curves: dict[str, dict] = field(default_factory=dict)  # label -> deletion / insertion means
     criterion: str = ""
+    removal: str = DEFAULT_REMOVAL
     skipped: dict[str, str] = field(default_factory=dict)  # candidates that could not run, and why
+    pruned: dict[str, str] = field(default_factory=dict)  # candidates left out for their cost
+    seconds: float = 0.0
+    volumes: int = 0
+
+    @property
+    def label(self) -> str:
+        return Candidate(self.method, self.layer, tuple(sorted(self.settings.items()))).label
 
     def as_dict(self) -> dict:
-        return {"criterion": self.criterion, "chosen": f"{self.method} @ {self.layer or METHOD_LAYERS[self.method]}",
-                "scores": dict(self.scores), "skipped": dict(self.skipped)}
-
-
-def _label(method: str, layer: str) -> str:
-    return f"{method} @ {layer}"
-
-
-def worst_occlusion_forwards(tokens: int) -> int:
-    """Forwards fast occlusion may need for one volume at most: every 2x2x2 window once, then at
-    most half the windows refined token by token."""
-    windows = -(-tokens // 8)
-    return windows + tokens // 2
+        return {"criterion": self.criterion, "removal": self.removal, "chosen": self.label,
+                "scores": dict(self.scores), "curves": dict(self.curves), "skipped": dict(self.skipped),
+                "pruned": dict(self.pruned), "seconds": round(self.seconds, 3), "volumes": self.volumes}
 
 
 def candidate_layers(model: nn.Module) -> list[str]:
-    """The first and the last block's attention-input LayerNorm (the CAM candidates' layers)."""
+    """The CAM candidates' layer: the first block's attention-input LayerNorm.
+
+    At the last block the gradient methods' maps were close to chance or anti-correlated with
+    occlusion on every model measured (REFERENCE section 8; docs/benchmarks.md), and never won
+    auto's criterion there, so auto does not spend its time on them.
+    """
+    from .models import find_adapter
+
+    return [find_adapter(model).attention_norm(0)]
+
+
+def _criterion_forwards(tokens: int) -> float:
+    """Forward passes the criterion spends on one candidate (deletions of almost every token,
+    insertions of few)."""
+    from .cam.faithfulness import token_counts
+
+    counts = token_counts(tokens)
+    return sum((tokens - k) / tokens for k in counts) + sum(k / tokens for k in counts)
+
+
+def candidates(model: nn.Module, budget: float | None = None, removal: str = DEFAULT_REMOVAL
+               ) -> tuple[list[list[Candidate]], dict[str, str]]:
+    """auto's candidates grouped by the explain call that makes them, in order of priority; and
+    those left out, with why.
+
+    budget: forward passes per volume the choice may cost (maps and criterion together); the
+    groups that do not fit are left out, the first always runs. None: no limit.
+    Returns ``([[Candidate, ...] per call], {label: reason})``.
+    """
     from .models import find_adapter
 
     adapter = find_adapter(model)
-    last = len(adapter.blocks) - 1
-    return list(dict.fromkeys([adapter.attention_norm(0), adapter.attention_norm(last)]))
+    tokens = adapter.geometry.num_patches
+    groups: list[tuple[float, list[Candidate]]] = []
+    auto = [s for s in METHOD_SPECS if s.auto]
+    if spec("cp-lrp").auto:
+        groups.append((spec("cp-lrp").forwards(tokens), [Candidate("cp-lrp")]))
+    if spec("occlusion").auto:  # its first-order estimate: one forward and one backward
+        groups.append((2.0, [Candidate("occlusion", None, (("baseline", removal), ("occlusion", "estimate")))]))
+    attention = [s for s in auto if s.family == "attention"]
+    if attention:
+        groups.append((max(s.forwards(tokens) for s in attention), [Candidate(s.name) for s in attention]))
+    cam = [s for s in auto if s.family == "cam"]
+    if cam:
+        layers = candidate_layers(model)
+        groups.append((max(s.forwards(tokens) for s in cam), [Candidate(s.name, layer) for s in cam for layer in layers]))
+    recommended = (getattr(model, "g3dvit_config", None) or {}).get("recommended_explanation") or {}
+    method = recommended.get("method")
+    if method in {s.name for s in METHOD_SPECS}:
+        wanted = Candidate(method, recommended.get("layer") if spec(method).uses_layer else None)
+        if all(wanted != c for _, group in groups for c in group):
+            groups.append((spec(method).forwards(tokens), [wanted]))
+    judged = _criterion_forwards(tokens)
+    kept, pruned, spent = [], {}, 0.0
+    for cost, group in groups:
+        total = cost + judged * len(group)
+        if budget is None or spent + total <= budget or not kept:
+            kept.append(group)
+            spent += total
+        else:
+            for c in group:
+                pruned[c.label] = (f"its map and its scoring cost about {total:g} forwards; the budget of "
+                                   f"{budget:g} was spent")
+    return kept, pruned
+
+
+def _cache_key(model: nn.Module, shape, target, settings: dict) -> tuple:
+    """What a reusable choice must match: the weights (by identity and version), the input shape,
+    the target and the settings that change maps."""
+    weights = tuple((id(p), p._version) for p in model.parameters())
+    if target is None or np.ndim(target) == 0:
+        wanted = None if target is None else int(target)
+    else:
+        wanted = ("per timepoint", tuple(sorted(set(np.asarray(target).tolist()))))
+    return (weights, tuple(shape), wanted, json.dumps(settings, sort_keys=True, default=str))
+
+
+_choices: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 def choose_method(model: nn.Module, volumes, target=None, device=None, preprocessing: dict | None = None,
-                  occlusion_budget: int = DEFAULT_OCCLUSION_BUDGET, baseline: str | None = None,
-                  pooling: str = "mean") -> MethodChoice:
-    """Score every candidate on ``volumes`` ((D, H, W) or (T, D, H, W)) and pick the best.
+                  budget: float | None = DEFAULT_BUDGET, baseline: str | None = None, pooling: str = "mean",
+                  **_ignored) -> MethodChoice:
+    """Score auto's candidates on ``volumes`` ((D, H, W) or (T, D, H, W)) and pick the best.
 
-    occlusion_budget: forwards per volume occlusion may take at most to be a candidate (fast mode:
-    an eighth of the tokens, plus up to half of them refined); 0 leaves it out.
+    budget: forward passes per volume the candidates' maps may cost together (the cheapest
+    candidates first; at least one group always runs). baseline: the removal of the criterion
+    (``drop`` by default, or a painted baseline).
     """
-    from .api import _as_series, _targets, explain, resolve_device
     from .cam.engine import prepared_model
-    from .cam.faithfulness import CRITERION, morf_drop
+    from .cam.faithfulness import CRITERION, relevance_curves
+    from .devices import resolve_device
+    from .explaining import RunSettings, as_series, explain_methods, model_inputs, preprocessing_of, targets_for
     from .models import find_adapter
-    from .models.preprocessing import Preprocessing
 
+    started = time.perf_counter()
+    removal = baseline or DEFAULT_REMOVAL
     adapter = find_adapter(model)
-    series, _ = _as_series(volumes)
+    dev = resolve_device(device)
+    series, _ = as_series(volumes)
+    prep = preprocessing_of(model, preprocessing)
+    inputs = model_inputs(adapter, prep.to_model(series, adapter.geometry.input_shape))
+    adapter.geometry.grid_for(tuple(inputs.shape[2:]))  # a volume the model cannot take is the user's error
+    RunSettings(methods=("cp-lrp",), target=target, pooling=pooling, baseline=removal)  # so are bad settings
     if len(series) > CHOICE_VOLUMES:  # a few timepoints spread over the run
         picks = np.linspace(0, len(series) - 1, CHOICE_VOLUMES).round().astype(int)
-        series = series[picks]
+        series, inputs = series[picks], inputs[picks]
         if target is not None and np.ndim(target) == 1:
             target = list(np.asarray(target)[picks])
-    layers = candidate_layers(model)
-    families = [list(CAM_METHODS), list(ATTENTION_METHODS)]
-    if occlusion_budget and worst_occlusion_forwards(adapter.geometry.num_patches) <= occlusion_budget:
-        families.append(["occlusion"])
-    common = dict(target=target, threshold=None, device=device, preprocessing=preprocessing, baseline=baseline,
-                  pooling=pooling)
-    candidates, skipped = {}, {}
-    for family in families:  # a family that cannot run here (e.g. dead gradients) is left out
+    groups, pruned = candidates(model, budget, removal)
+    maps, found, skipped = {}, {}, {}
+    for group in groups:  # a group that cannot run here (e.g. dead gradients) is left out
+        first = group[0]
+        own = dict(first.settings)
         try:
-            maps = explain(model, series.numpy(), method=family, layer=layers, **common)
-        except G3DViTError as err:
-            for method in family:
-                skipped[method] = str(err)
+            settings = RunSettings(methods=tuple(dict.fromkeys(c.method for c in group)),
+                                   layers=tuple(dict.fromkeys(c.layer for c in group)),
+                                   target=target, threshold=None, device=device, preprocessing=preprocessing,
+                                   pooling=pooling, **own)
+            raw: dict = {}
+            made = explain_methods(model, series.numpy(), settings, raw=raw)
+        except (LayerError, ModelError) as err:  # this family cannot run on this model or volume
+            for c in group:
+                skipped[c.label] = str(err)
             continue
-        for (method, layer), exp in maps.items():
-            candidates.setdefault(_label(method, layer), (method, layer, exp))
-    if not candidates:
+        for c in group:
+            key = next((k for k in made if k[0] == c.method and (c.layer is None or k[1] == c.layer)), None)
+            if key is not None:
+                maps[c.label] = raw[key]
+                found[c.label] = (c, made[key])
+    if not maps:
         raise LayerError("no candidate method could explain this volume: " + "; ".join(sorted(set(skipped.values()))))
-    first = next(iter(candidates.values()))[2]
+    first = next(iter(found.values()))[1]
     used_targets = torch.as_tensor(np.atleast_1d(first.target), dtype=torch.int64)
-    config = getattr(model, "g3dvit_config", None) or {}
-    prep = Preprocessing.from_config(preprocessing if preprocessing is not None else config.get("preprocessing"))
-    inputs = prep.to_model(series, adapter.geometry.input_shape)[:, None]
-    if adapter.geometry.channels != 1:
-        inputs = inputs.expand(-1, adapter.geometry.channels, -1, -1, -1)
-    dev = resolve_device(device)
-    token_maps = {label: torch.as_tensor(exp.token_map).reshape(len(series), -1)
-                  for label, (_, _, exp) in candidates.items()}
     with prepared_model(model, dev):
-        drops = morf_drop(adapter, inputs.to(dev), token_maps, _targets(used_targets.numpy(), len(series)).to(dev))
-    scores = {label: round(float(drop.mean()), 6) for label, drop in drops.items()}
+        curves = relevance_curves(adapter, inputs.to(dev), maps, targets_for(used_targets.numpy(), len(series)).to(dev),
+                                  removal=removal)
+    scores = {label: round(float(c.gain.mean()), 6) for label, c in curves.items()}
     best = max(scores, key=scores.get)
-    method, layer, _ = candidates[best]
-    return MethodChoice(method=method, layer=layer if method in CAM_METHODS else None, scores=scores,
-                        criterion=CRITERION, skipped=skipped)
+    chosen = found[best][0]
+    return MethodChoice(
+        method=chosen.method, layer=chosen.layer if spec(chosen.method).uses_layer else None,
+        settings=dict(chosen.settings), scores=scores,
+        curves={label: {"deletion": round(float(c.deletion.mean()), 6), "insertion": round(float(c.insertion.mean()), 6),
+                        "counts": list(c.counts)} for label, c in curves.items()},
+        criterion=CRITERION, removal=removal, skipped=skipped, pruned=pruned,
+        seconds=time.perf_counter() - started, volumes=len(series))
 
 
-def explain_auto(model: nn.Module, volume, layer=None, choice: MethodChoice | None = None, **settings):
-    """``explain`` with the method (and layer) ``choose_method`` finds most faithful on ``volume``.
+def explain_auto(model: nn.Module, volume, choice: MethodChoice | None = None, rechoose: bool = False,
+                 budget: float | None = DEFAULT_BUDGET, **settings):
+    """``explain`` with the candidate ``choose_method`` finds most faithful on ``volume``.
 
-    A given ``choice`` is reused as it is (e.g. one made on a few volumes, for a whole cohort).
-    ``layer`` is ignored: the choice includes it.
+    A given ``choice`` is used as it is (e.g. one made on a few volumes, for a whole cohort).
+    Otherwise the choice made earlier for this model, input shape, target and settings is
+    reused, unless ``rechoose``; a new one is remembered for the next call. ``layer`` is
+    ignored: the choice includes it.
     """
-    from .api import explain
+    from .devices import resolve_device
+    from .explaining import RunSettings, as_series, explain_methods
+    from .models import find_adapter
 
+    find_adapter(model)  # not a ViT: said before anything else
+    resolve_device(settings.get("device"))
+    settings.pop("layer", None)
+    progress = settings.pop("progress", None)
+    RunSettings(methods=("cp-lrp",), **settings)  # bad settings: said before the choice is made
+    reused = choice is not None
     if choice is None:
-        choice = choose_method(model, volume, target=settings.get("target"), device=settings.get("device"),
-                               preprocessing=settings.get("preprocessing"),
-                               baseline=settings.get("baseline"), pooling=settings.get("pooling", "mean"))
-    result = explain(model, volume, method=choice.method, layer=choice.layer, **settings)
-    return replace(result, extra={**result.extra, "auto": choice.as_dict()})
+        series, _ = as_series(volume)
+        choosing = {k: settings.get(k) for k in ("device", "preprocessing", "baseline", "pooling") if k in settings}
+        key = _cache_key(model, series.shape[1:], settings.get("target"),
+                         {**choosing, "budget": budget, "device": None})
+        remembered = _choices.setdefault(model, {})
+        if not rechoose and key in remembered:
+            choice, reused = remembered[key], True
+        else:
+            choice = choose_method(model, series, target=settings.get("target"), budget=budget, **choosing)
+            remembered.clear()  # one remembered choice per model: a changed model makes old keys stale
+            remembered[key] = choice
+    own = {k: v for k, v in choice.settings.items() if k in SETTINGS}
+    run = RunSettings(methods=(choice.method,), layers=(choice.layer,), **{**settings, **own})
+    result = next(iter(explain_methods(model, volume, run, progress=progress).values()))
+    return replace(result, extra={**result.extra, "auto": {**choice.as_dict(), "reused": reused}})

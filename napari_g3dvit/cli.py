@@ -132,7 +132,7 @@ def _cohort_options(parser: argparse.ArgumentParser, methods: list[str]) -> None
 def _recommended(model: Path, config: str | None) -> dict:
     """The config's ``recommended_explanation`` (method, layer), read from the JSON beside the model."""
     from .models.config import find_config_beside, read_config_file
-    from .options import METHODS
+    from .registry import METHODS
 
     path = Path(config) if config else find_config_beside(model)
     found = (read_config_file(path).get("recommended_explanation") or {}) if path else {}
@@ -198,7 +198,7 @@ def _batch(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .options import AUTO, METHODS
+    from .registry import AUTO, METHODS
 
     parser = argparse.ArgumentParser(prog="g3dvit", description="Class-activation maps for 3D ViTs.")
     sub = parser.add_subparsers(dest="command", required=True)

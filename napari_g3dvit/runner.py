@@ -62,7 +62,7 @@ class LoadedModel:
     def recommended(self) -> dict[str, str]:
         """The config's measured best ``layer``, ``method`` and ``target`` (a class name), where
         they name real choices."""
-        from .options import METHODS
+        from .registry import METHODS
 
         found = self.config.get("recommended_explanation") or {}
         out = {}

@@ -8,7 +8,7 @@ import torch
 
 import napari_g3dvit as g3d
 from napari_g3dvit.choice import choose_method, explain_auto
-from napari_g3dvit.options import CAM_METHODS, METHOD_LAYERS
+from napari_g3dvit.registry import CAM_METHODS, METHOD_LAYERS
 
 from conftest import TINY_SHAPE, make_vit, open_widget
 
@@ -58,28 +58,60 @@ def test_families_share_their_passes(vit, volume):
     assert len(calls) == 2
 
 
-def test_auto_picks_the_provably_most_faithful_candidate():
-    vit = additive_vit()
+def test_auto_is_the_default_and_records_every_candidate(vit, volume):
+    exp = g3d.explain(vit, volume, device="cpu", rechoose=True)
+    auto = exp.extra["auto"]
+    assert "relevance gain" in auto["criterion"] and auto["removal"] == "drop"
+    assert auto["scores"][auto["chosen"]] == max(auto["scores"].values())
+    assert auto["chosen"].startswith(exp.method)
+    for label, curve in auto["curves"].items():  # the gain is insertion minus deletion, as recorded
+        assert auto["scores"][label] == pytest.approx(curve["insertion"] - curve["deletion"], abs=1e-5)
+        assert curve["counts"][0] == 1  # from one token up
+    assert any(label.startswith("cp-lrp") for label in auto["scores"])
+
+
+def test_auto_skips_candidates_that_cannot_run_and_says_why():
+    vit = additive_vit()  # the attention branch is dead: CAM methods at the attention norms have no gradient
     volume = torch.randn(TINY_SHAPE, generator=torch.Generator().manual_seed(7))
     choice = choose_method(vit, volume.numpy(), device="cpu")
-    occlusion = choice.scores[f"occlusion @ {METHOD_LAYERS['occlusion']}"]
-    assert occlusion >= max(choice.scores.values()) - 1e-6  # nothing deletes more evidence
-    assert choice.scores[f"{choice.method} @ {choice.layer or METHOD_LAYERS[choice.method]}"] == max(choice.scores.values())
-    # the attention branch is dead, so the CAM methods at the attention norms cannot run: said, not hidden
-    assert set(choice.skipped) == set(CAM_METHODS) and "zero for every token" in choice.skipped["hirescam"]
-    assert len(choice.scores) == 4  # 3 attention methods and occlusion
+    assert {label.split(" @ ")[0] for label in choice.skipped} == set(CAM_METHODS) - {"g3dvit"}
+    assert all("zero for every" in why for why in choice.skipped.values())
+    assert choice.method not in CAM_METHODS and choice.scores
 
 
-def test_auto_records_the_candidates_and_reuses_a_choice(vit):
+def test_auto_reuses_its_choice_until_the_model_or_input_changes(vit):
     series = torch.randn(4, *TINY_SHAPE, generator=torch.Generator().manual_seed(5))
-    exp = g3d.explain(vit, series, method="auto", device="cpu")
-    auto = exp.extra["auto"]
-    assert auto["chosen"].startswith(exp.method) and "MoRF" in auto["criterion"]
-    assert auto["scores"][auto["chosen"]] == max(auto["scores"].values())
+    first = g3d.explain(vit, series, device="cpu", rechoose=True)
+    again = g3d.explain(vit, series, device="cpu")
+    assert not first.extra["auto"]["reused"] and again.extra["auto"]["reused"]
+    np.testing.assert_array_equal(again.heatmap, first.heatmap)
+    assert first.extra["auto"]["volumes"] == 3  # a series is judged on a few of its timepoints
+    fresh = g3d.explain(vit, series, device="cpu", rechoose=True)
+    assert not fresh.extra["auto"]["reused"]
+    with torch.no_grad():  # the model changes in place (as training would): the old choice is stale
+        next(vit.parameters()).add_(0.01)
+    assert not g3d.explain(vit, series, device="cpu").extra["auto"]["reused"]
+    other_target = g3d.explain(vit, series, device="cpu", target=2)
+    assert not other_target.extra["auto"]["reused"]
     choice = choose_method(vit, series.numpy(), device="cpu")
-    reused = explain_auto(vit, series, choice=choice, device="cpu")
-    np.testing.assert_array_equal(reused.heatmap, exp.heatmap)
-    assert exp.settings["details"]["auto"]["chosen"] == auto["chosen"]
+    given = explain_auto(vit, series, choice=choice, device="cpu")
+    assert given.extra["auto"]["reused"] and given.extra["auto"]["chosen"] == choice.label
+
+
+def test_auto_on_a_trained_model_puts_its_heat_on_the_evidence():
+    """The shipped cube-value model on its held-out example: auto's map holds several times the
+    heat a map spread at random would put into the cube, and its choice removes evidence."""
+    from napari_g3dvit.sample_models import sample_path
+    import nibabel as nib
+
+    model = g3d.load_model(sample_path("cube_value.safetensors"))
+    volume = np.asarray(nib.load(sample_path("cube_value_example.nii.gz")).dataobj, dtype=np.float32)
+    mask = np.asarray(nib.load(sample_path("cube_value_example_mask.nii.gz")).dataobj) > 0
+    exp = g3d.explain(model, volume, threshold=None, rechoose=True)
+    mass = float((exp.heatmap * mask).sum() / exp.heatmap.sum())
+    assert mass >= 5 * mask.mean()
+    auto = exp.extra["auto"]
+    assert auto["curves"][auto["chosen"]]["deletion"] < 0.5 < auto["curves"][auto["chosen"]]["insertion"]
 
 
 def test_auto_in_the_widget_shows_why(make_napari_viewer, qtbot, tmp_path):
@@ -102,8 +134,8 @@ def test_auto_in_the_widget_shows_why(make_napari_viewer, qtbot, tmp_path):
     assert not widget.last_error, widget.last_error
     record = widget.last_layer.metadata[RESULT_KEY]
     assert record["method"] == "auto" and record["method_used"] in g3d.METHODS
-    assert "auto chose" in widget.result.value and "MoRF" in widget.result.tooltip
-    assert widget.result.tooltip.count(" @ ") >= 10  # every candidate with its score
+    assert "auto chose" in widget.result.value and "relevance gain" in widget.result.tooltip
+    assert widget.result.tooltip.count(" @ ") >= 4  # every candidate with its score
 
 
 @pytest.mark.parametrize("bad, words", [(dict(baseline="grey"), "baseline"), (dict(occlusion="half"), "occlusion"),

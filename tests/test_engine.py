@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import napari_g3dvit as g3d
-from napari_g3dvit.options import CAM_METHODS
+from napari_g3dvit.registry import CAM_METHODS
 from napari_g3dvit.models import find_adapter
 from napari_g3dvit.models.vit_pytorch3d import _cls_readout_forward
 
@@ -52,8 +52,8 @@ def test_geometry_is_read_from_the_model(vit):
 
 
 def test_default_layer_is_last_attention_norm(vit, vit_with_head, volume):
-    assert g3d.explain(vit, volume).layer == "transformer.layers.1.0.norm"
-    assert g3d.explain(vit_with_head, volume).layer == "vit.transformer.layers.1.0.norm"
+    assert g3d.explain(vit, volume, method="g3dvit").layer == "transformer.layers.1.0.norm"
+    assert g3d.explain(vit_with_head, volume, method="g3dvit").layer == "vit.transformer.layers.1.0.norm"
     names = dict(g3d.token_layers(vit))
     assert names["transformer.layers.1.0.norm"] == (25, 32)
     assert names["to_patch_embedding.0"] == (24, 64)  # raw patch voxels, no CLS yet
@@ -90,7 +90,7 @@ def test_model_comes_back_as_it_was(vit_with_head, volume):
 def test_model_comes_back_after_an_error_half_way(vit_with_head, volume, layer):
     before = snapshot(vit_with_head)
     with pytest.raises(g3d.LayerError):
-        g3d.explain(vit_with_head, volume, layer=layer)
+        g3d.explain(vit_with_head, volume, method="g3dvit", layer=layer)
     assert_unchanged(vit_with_head, before)
 
 
@@ -110,9 +110,9 @@ def test_one_forward_for_all_methods_and_layers(vit, volume):
 
 def test_layer_given_as_module_and_list_of_layers(vit, volume):
     module = vit.transformer.layers[0][1].net[0]
-    by_module = g3d.explain(vit, volume, layer=module)
+    by_module = g3d.explain(vit, volume, method="g3dvit", layer=module)
     assert by_module.layer == "transformer.layers.0.1.net.0"
-    by_list = g3d.explain(vit, volume, layer=[module, "transformer.layers.1.0.norm"])
+    by_list = g3d.explain(vit, volume, method="g3dvit", layer=[module, "transformer.layers.1.0.norm"])
     np.testing.assert_array_equal(by_list["transformer.layers.0.1.net.0"].heatmap, by_module.heatmap)
 
 
@@ -232,6 +232,8 @@ BAD_SETTINGS = [
 
 @pytest.mark.parametrize("kwargs, error, words", BAD_SETTINGS)
 def test_bad_settings_get_clear_errors(vit, volume, kwargs, error, words):
+    if "layer" in kwargs:  # only the CAM methods read a layer; auto chooses its own
+        kwargs = {"method": "g3dvit", **kwargs}
     with pytest.raises(error, match=words):
         g3d.explain(vit, volume, **kwargs)
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import napari_g3dvit as g3d
-from napari_g3dvit.options import CAM_METHODS
+from napari_g3dvit.registry import CAM_METHODS
 
 from conftest import TINY_GRID
 
@@ -93,7 +93,7 @@ def test_every_method_matches_full_backward(vit, volume, layer):
 @pytest.mark.parametrize("pooling", g3d.POOLINGS)
 def test_g3dvit_poolings_match_reference(vit, volume, pooling):
     a, g, target = full_backward(vit, volume, "transformer.layers.1.0.norm")
-    exp = g3d.explain(vit, volume, pooling=pooling, threshold=None)
+    exp = g3d.explain(vit, volume, method="g3dvit", pooling=pooling, threshold=None)
     np.testing.assert_allclose(exp.token_map, reference_map(reference_scores("g3dvit", a, g, pooling)), atol=F32_MAP_ATOL)
     assert exp.pooling == pooling
 

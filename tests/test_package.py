@@ -19,7 +19,7 @@ def test_import_does_not_load_torch():
 
 def test_public_api_names():
     assert g3d.METHODS == ("g3dvit", "gradcam", "layercam", "gradcam-elementwise", "hirescam", "attention-rollout",
-                           "grad-rollout", "legrad", "occlusion", "integrated-gradients", "gradmask")
+                           "grad-rollout", "legrad", "cp-lrp", "occlusion", "integrated-gradients", "gradmask")
     for name in ("explain", "token_layers", "Explanation", "load_model", "save_model"):
         assert callable(getattr(g3d, name))
     assert issubclass(g3d.VolumeError, ValueError)

@@ -112,7 +112,8 @@ def gaussian(centre, sigma: float) -> torch.Tensor:
     return torch.exp(-d2 / (2 * sigma**2))
 
 
-def test_fast_occlusion_needs_fewer_forwards_and_ranks_tokens_as_full_does():
+@pytest.mark.parametrize("removal", ["zero", "drop"])
+def test_fast_occlusion_estimates_every_token_and_measures_the_strongest(removal):
     centre = (3.0, 3.0, 4.0)
     model = LocalEvidence(centre).eval()
     adapter = find_adapter(model)
@@ -122,68 +123,71 @@ def test_fast_occlusion_needs_fewer_forwards_and_ranks_tokens_as_full_does():
     seen = []
     before = model_state(model)
     with prepared_model(model, CPU):
-        full = pert.occlusion_scores(adapter, inputs, target, baseline="zero", mode="full")
-        fast = pert.occlusion_scores(adapter, inputs, target, baseline="zero", mode="fast",
+        full = pert.occlusion_scores(adapter, inputs, target, baseline=removal, mode="full")
+        fast = pert.occlusion_scores(adapter, inputs, target, baseline=removal, mode="fast", measure=24,
                                      progress=lambda done, total: seen.append((done, total)))
-        smooth = pert.occlusion_scores(adapter, inputs, target, baseline="zero", mode="fast", fill="smooth")
+        estimate = pert.occlusion_scores(adapter, inputs, target, baseline=removal, mode="estimate")
     assert model_state(model) == before
 
     assert full.cost.perturbed == 192
-    # 24 windows of 2x2x2 tokens, then at most half of them (12 x 8 tokens) refined: 120.
-    assert fast.cost.mode == "fast" and fast.cost.windows == 24
-    assert fast.cost.perturbed <= 24 + 12 * 8 < full.cost.perturbed
-    assert fast.cost.perturbed == 24 + 8 * fast.cost.refined
+    assert fast.cost.mode == "fast" and fast.cost.perturbed == fast.cost.measured == 24 and fast.cost.backward
+    assert estimate.cost.perturbed == 0
     f, s = full.scores[0].numpy(), fast.scores[0].numpy()
-    assert spearman(f, s) >= 0.9
-    assert spearman(f, smooth.scores[0].numpy()) >= 0.95
-    # The strongest tokens are measured one by one, so they agree exactly.
-    top = np.argsort(-f)[:8]
-    np.testing.assert_allclose(s[top], f[top], rtol=1e-5, atol=1e-6)
+    assert spearman(f, s) >= 0.9 and spearman(f, estimate.scores[0].numpy()) >= 0.9
+    # the 24 tokens with the largest estimates are measured one by one: they agree exactly
+    measured = np.argsort(-estimate.scores[0].numpy(), kind="stable")[:24]
+    np.testing.assert_allclose(s[measured], f[measured], rtol=1e-5, atol=1e-6)
+    assert set(np.argsort(-f)[:8]) <= set(measured)  # the strongest tokens are among them
     torch.testing.assert_close(fast.logits, full.logits)
-    # Progress: copies done, never past the total; the last call closes the bar.
-    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
-    assert all(d <= t for d, t in seen) and seen[-1] == (fast.cost.perturbed, fast.cost.perturbed)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1] == (24, 24)
 
 
-def test_fast_occlusion_grows_into_a_window_whose_tokens_cancel():
-    """A strong token next to the refined ones is found even when its window's drop is negative."""
+def dropped_by_hand(vit, x: torch.Tensor, token: int) -> torch.Tensor:
+    """vit-pytorch's forward written out, with patch token ``token`` left out of the sequence."""
+    tokens = vit.to_patch_embedding(x)
+    b, n, _ = tokens.shape
+    tokens = torch.cat((vit.cls_token.expand(b, -1, -1), tokens), dim=1) + vit.pos_embedding[:, : n + 1]
+    keep = [0] + [i + 1 for i in range(n) if i != token]
+    out = vit.transformer(tokens[:, keep])
+    return vit.mlp_head(out.mean(dim=1) if vit.pool == "mean" else out[:, 0])
 
-    def token_mean(x, f, h, w):  # token (f, h, w) of the 6 x 4 x 8 grid of 2-voxel patches
-        return x[:, 0, 2 * f : 2 * f + 2, 2 * h : 2 * h + 2, 2 * w : 2 * w + 2].mean(dim=(1, 2, 3))
 
-    class Cancelling(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.vit = make_vit(0, image_patch_size=(2, 2), frame_patch_size=2)
-
-        def forward(self, x):
-            # token 75 = (2, 1, 3) in window (1, 0, 1); tokens 76 = (2, 1, 4) and 109 = (3, 1, 5)
-            # share window (1, 0, 2), whose drop nets to about -0.5
-            score = 4 * token_mean(x, 2, 1, 3) + 1.5 * token_mean(x, 2, 1, 4) - 2 * token_mean(x, 3, 1, 5)
-            return 0.01 * self.vit(x) + torch.stack([score, -score, 0 * score], 1)
-
-    model = Cancelling().eval()
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_dropped_token_occlusion_equals_a_plain_loop(pool):
+    model = make_vit(5, pool=pool)
     adapter = find_adapter(model)
-    inputs = torch.ones(1, 1, *TINY_SHAPE)
-    target = torch.tensor([0])
-    with prepared_model(model, CPU):
-        full = pert.occlusion_scores(adapter, inputs, target, baseline="zero", mode="full")
-        plain = pert.occlusion_scores(adapter, inputs, target, baseline="zero", grow=None)
-        grown = pert.occlusion_scores(adapter, inputs, target, baseline="zero")
-    f = full.scores[0]
-    assert float(f[76]) > 1.4 and float(f[109]) < -1.9
-    assert plain.cost.refined == 6 and abs(float(plain.scores[0, 76] - f[76])) > 1
-    assert 6 < grown.cost.refined <= 12 and grown.cost.perturbed < full.cost.perturbed
-    torch.testing.assert_close(grown.scores[0, [75, 76, 109]], f[[75, 76, 109]])
-    assert np.argsort(-grown.scores[0].numpy())[:2].tolist() == [75, 76]
+    inputs = batch()
+    with prepared_model(model, CPU), torch.no_grad():
+        result = pert.occlusion_scores(adapter, inputs, None, baseline="drop", mode="full", batch_size=7)
+        logits = model(inputs)
+        for b in range(2):
+            t = int(result.targets[b])
+            expected = [float(logits[b, t] - dropped_by_hand(model, inputs[b : b + 1], j)[0, t]) for j in range(24)]
+            np.testing.assert_allclose(result.scores[b].numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_closed_key_gate_is_the_token_dropped():
+    """The estimate's gates: a gate of 0 in every block gives exactly the dropped token's logits,
+    so the gradient at gate 1 is the first-order effect of dropping it."""
+    from napari_g3dvit.cam.first_order import key_gates
+
+    model = make_vit(6)
+    adapter = find_adapter(model)
+    inputs = batch(1)
+    with prepared_model(model, CPU), torch.no_grad():
+        for token in (0, 11, 23):
+            gate = torch.ones(1, 24)
+            gate[0, token] = 0.0
+            with key_gates(adapter, gate):
+                gated = adapter.forward(inputs)
+            torch.testing.assert_close(gated, dropped_by_hand(model, inputs, token), rtol=1e-4, atol=1e-5)
 
 
 def test_occlusion_settings_are_checked():
     model = make_vit()
     adapter = find_adapter(model)
     with prepared_model(model, CPU):
-        for kwargs in ({"baseline": "noise"}, {"mode": "exact"}, {"batch_size": 0}, {"refine": 0},
-                       {"grow": 2.0}, {"fill": "cubic"}):
+        for kwargs in ({"baseline": "noise"}, {"mode": "exact"}, {"batch_size": 0}, {"measure": -1}):
             with pytest.raises(SettingsError):
                 pert.occlusion_scores(adapter, batch(), None, **kwargs)
         with pytest.raises(SettingsError, match="0 to 2"):

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError, SettingsError
-from ..options import ATTENTION_METHODS
+from ..registry import ATTENTION_METHODS
 from .result import MethodResult, resolve_targets, target_logits
 
 Tensor = torch.Tensor
@@ -252,3 +252,13 @@ def attention_scores(
             scores = legrad(grads, num_patches)
         results[method] = AttentionResult(scores=scores, logits=logits, targets=targets)
     return results
+
+
+def attention_pass(batch, methods: list[str]) -> list:
+    """The attention family's pass (``explaining.PassInput`` in): one forward (and one backward
+    when a gradient method is asked for) for every attention method."""
+    from ..explaining import MapPart
+    from ..registry import METHOD_LAYERS
+
+    found = attention_scores(batch.adapter, batch.inputs, methods, batch.targets)
+    return [MapPart(m, METHOD_LAYERS[m], r.scores, r.logits, r.targets) for m, r in found.items()]

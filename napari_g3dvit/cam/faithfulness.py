@@ -1,70 +1,112 @@
 """How faithful a token map is to the model, measured on the volume itself (no ground truth).
 
-The criterion used by ``method="auto"`` is the *MoRF drop* (most relevant first, i.e. deletion at
-token granularity): replace the voxels of a map's hottest tokens by the volume's mean (in the
-model's input space, after its preprocessing) and measure how far the target class probability
-falls; averaged over deleting the top 5, 10 and 20 % of tokens. A map that points at what the
-model uses makes the probability fall most. Deleting tokens can also create evidence (new
-edges) or leave the training distribution, so every candidate is judged by the same deletions
-on the same volume, and the numbers are kept in the result for the user to see.
+``auto``'s criterion is the *relevance gain* (the symmetric relevance gain of Bluecher et al.
+2024, "Decoupling pixel flipping and occlusion strategy for consistent XAI benchmarks"): rank
+the tokens by the map, then
+
+- deletion (most relevant first): remove the top k tokens, for k = 1, 4, 16, ... (token
+  granularity from one token up, each count four times the last, to a quarter of the tokens),
+  and record p(target);
+- insertion: keep only the top k tokens (all others removed), and record p(target);
+
+gain = mean over k of p_insertion(k) - mean over k of p_deletion(k). A map that points at what
+the model uses keeps the probability when its top tokens are all that is left and loses it when
+they are gone, so its gain is high; a map that points elsewhere does the opposite. Unlike a
+deletion curve alone, the gain does not saturate when many maps delete the same few decisive
+tokens, and it rewards finding the evidence, not only removing it.
+
+Removal is fixed before maps are compared (Bluecher et al. show that it must be): by default
+``drop``, the token left out of the transformer's sequence (``removal.py``), which creates no
+edges or blank patches for the model to react to; a painted baseline can be chosen instead.
+Every candidate is judged by the same removals on the same volume, and the numbers are kept in
+the result for the user to see.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-from .postprocess import tokens_to_voxels
-from .result import target_probability
+from .perturbation import baseline_inputs, occluded_inputs
+from .removal import DROP, subset_logits
+from .result import batched_logits, target_probability
 
-#: fractions of tokens deleted (hottest first) for the MoRF drop
-DELETION_FRACTIONS = (0.05, 0.10, 0.20)
-CRITERION = ("MoRF drop: mean fall of the target probability when the map's top 5/10/20 % tokens "
-             "are replaced by the volume's mean (model input space)")
-
-
-def _target_probability(adapter, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """p(target) for each input: inputs [M, C, F, H, W], targets [M] -> [M]."""
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(inputs), batch_size):
-            logits = adapter.logits(adapter.model(inputs[start : start + batch_size]))
-            if logits.ndim == 1:
-                logits = logits[:, None]
-            out.append(target_probability(logits.float(), targets[start : start + batch_size]).cpu())
-    return torch.cat(out)
+CRITERION = ("relevance gain: mean p(target) with only the map's top k tokens kept minus mean p(target) with "
+             "them removed, k = 1, 4, 16, ... up to a quarter of the tokens")
 
 
-def morf_drop(adapter, inputs: torch.Tensor, token_maps: dict, targets: torch.Tensor,
-              fractions: Sequence[float] = DELETION_FRACTIONS, batch_size: int = 16) -> dict:
-    """The MoRF drop of each candidate map on each input.
+def token_counts(num_tokens: int, largest_fraction: float = 0.25, step: int = 4) -> list[int]:
+    """1, 4, 16, ... (each ``step`` times the last) up to ``largest_fraction`` of the tokens."""
+    top = max(1, int(largest_fraction * num_tokens))
+    counts = [1]
+    while counts[-1] * step <= top:
+        counts.append(counts[-1] * step)
+    return counts
 
-    inputs: [B, C, F, H, W] model inputs; token_maps: {key: [B, N] raw or normalised scores};
-    targets: [B]. Returns {key: [B] mean probability drop} (higher = more faithful).
+
+@dataclass
+class Curves:
+    """p(target) after deleting ([B, S]) and after keeping only ([B, S]) each count's top tokens."""
+
+    counts: list[int]
+    deletion: torch.Tensor
+    insertion: torch.Tensor
+    original: torch.Tensor  # [B] p(target) of the untouched inputs
+
+    @property
+    def gain(self) -> torch.Tensor:
+        """[B] insertion mean minus deletion mean (higher = more faithful)."""
+        return self.insertion.mean(dim=1) - self.deletion.mean(dim=1)
+
+
+def _probabilities(adapter, inputs: torch.Tensor, owners: torch.Tensor, keep: torch.Tensor,
+                   targets: torch.Tensor, removal: str, base: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+    """p(target) of ``inputs[owners]`` keeping only the patch tokens ``keep`` [n, m] -> [n]."""
+    if removal == DROP:
+        logits = subset_logits(adapter, inputs, owners, keep, batch_size)
+    else:
+        num = adapter.geometry.num_patches
+        kept = torch.zeros(keep.shape[0], num, dtype=torch.bool, device=keep.device)
+        kept.scatter_(1, keep, True)
+        removed = torch.where(kept, -1, torch.arange(num, device=keep.device))
+        logits = torch.cat([
+            batched_logits(adapter, occluded_inputs(inputs, base, owners[s : s + batch_size],
+                                                    removed[s : s + batch_size], adapter.geometry.patch_size),
+                           batch_size)
+            for s in range(0, owners.shape[0], batch_size)])
+    return target_probability(logits.float(), targets[owners]).cpu()
+
+
+def relevance_curves(adapter, inputs: torch.Tensor, token_maps: dict, targets: torch.Tensor,
+                     removal: str = DROP, counts: Sequence[int] | None = None,
+                     batch_size: int = 16) -> dict:
+    """Deletion and insertion curves of each candidate map on each input.
+
+    inputs: [B, C, F, H, W] model inputs (model prepared, on their device); token_maps:
+    {key: [B, N] scores, higher = more relevant}; targets: [B]. Returns {key: Curves}.
+    Rows of equal length share model calls across candidates.
     """
-    geometry = adapter.geometry
-    grid = geometry.grid_for(tuple(inputs.shape[2:]))
-    num = geometry.num_patches
-    base = inputs.mean(dim=(1, 2, 3, 4), keepdim=True).expand_as(inputs)
+    num = adapter.geometry.num_patches
+    counts = list(counts or token_counts(num))
+    device = inputs.device
+    batch = inputs.shape[0]
+    base = None if removal == DROP else baseline_inputs(inputs, removal, adapter.geometry.patch_size)
+    original = target_probability(batched_logits(adapter, inputs, batch_size).float(), targets).cpu()
     keys = list(token_maps)
-    batch = len(inputs)
-    perturbed, owners = [], []
-    for k, key in enumerate(keys):
-        ranks = torch.argsort(token_maps[key].float().to(inputs.device), dim=1, descending=True)
-        for fraction in fractions:
-            count = max(1, int(round(fraction * num)))
-            mask = torch.zeros(batch, num, device=inputs.device)
-            mask.scatter_(1, ranks[:, :count], 1.0)
-            voxels = tokens_to_voxels(mask.reshape(batch, *grid), geometry.patch_size, "nearest")[:, None]
-            perturbed.append(torch.where(voxels > 0, base, inputs))
-            owners.append(k)
-    original = _target_probability(adapter, inputs, targets, batch_size)
-    stacked = torch.cat(perturbed)
-    repeated_targets = targets.repeat(len(perturbed))
-    after = _target_probability(adapter, stacked, repeated_targets.to(inputs.device), batch_size)
-    after = after.reshape(len(perturbed), batch)
-    drops = {key: torch.zeros(batch) for key in keys}
-    for row, k in enumerate(owners):
-        drops[keys[k]] += (original - after[row]) / len(fractions)
-    return drops
+    ranks = {key: torch.argsort(torch.as_tensor(token_maps[key]).float().to(device), dim=1, descending=True,
+                                stable=True) for key in keys}
+    owners = torch.arange(batch, device=device).repeat(len(keys))
+    results = {key: Curves(counts, torch.zeros(batch, len(counts)), torch.zeros(batch, len(counts)), original)
+               for key in keys}
+    for step, k in enumerate(counts):
+        stacked = torch.cat([ranks[key] for key in keys])  # [len(keys) * B, N]
+        kept_top = stacked[:, :k].sort(dim=1).values
+        kept_rest = stacked[:, k:].sort(dim=1).values
+        inserted = _probabilities(adapter, inputs, owners, kept_top, targets, removal, base, batch_size)
+        deleted = _probabilities(adapter, inputs, owners, kept_rest, targets, removal, base, batch_size)
+        for i, key in enumerate(keys):
+            results[key].insertion[:, step] = inserted[i * batch : (i + 1) * batch]
+            results[key].deletion[:, step] = deleted[i * batch : (i + 1) * batch]
+    return results

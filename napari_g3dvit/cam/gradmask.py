@@ -102,3 +102,13 @@ def gradmask_scores(adapter, inputs: Tensor, targets: Tensor | None, baseline: s
                     logits_masked, targets[b : b + 1].expand(len(chunk)))
     scores = (weights[:, :, None] * stack).sum(dim=1)
     return GradMaskResult(scores=scores, logits=logits.detach(), targets=targets.detach(), masks=count)
+
+
+def gradmask_pass(batch, methods: list[str]) -> list:
+    """GradMask's pass (``explaining.PassInput`` in; ``settings.baseline`` already resolved)."""
+    from ..explaining import MapPart
+    from ..registry import METHOD_LAYERS
+
+    masked = gradmask_scores(batch.adapter, batch.inputs, batch.targets, baseline=batch.settings.baseline)
+    return [MapPart("gradmask", METHOD_LAYERS["gradmask"], masked.scores, masked.logits, masked.targets,
+                    {"forwards": masked.masks * len(batch.inputs)})]

@@ -12,7 +12,8 @@ from typing import Callable
 
 import torch
 
-from ..options import CAM_METHODS, POOLINGS
+from ..options import POOLINGS
+from ..registry import CAM_METHODS
 
 Tensor = torch.Tensor
 
@@ -112,3 +113,16 @@ TOKEN_SCORES: dict[str, Callable[..., Tensor]] = {
     "hirescam": hirescam,
 }
 assert tuple(TOKEN_SCORES) == CAM_METHODS, "options.CAM_METHODS and the method registry disagree"
+
+
+def cam_pass(batch, methods: list[str]) -> list:
+    """The CAM family's pass (``explaining.PassInput`` in): one forward and one backward stopped
+    at the hooked layers serve every CAM method at every layer."""
+    from ..explaining import MapPart
+    from .engine import run_capture
+
+    capture = run_capture(batch.adapter, batch.inputs, batch.layers, batch.targets)
+    num = batch.adapter.geometry.num_patches
+    return [MapPart(m, name, TOKEN_SCORES[m](capture.activations[name], capture.gradients[name], num,
+                                            batch.settings.pooling), capture.logits, capture.targets)
+            for m in methods for name in batch.layers]

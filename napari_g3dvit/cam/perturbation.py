@@ -37,13 +37,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError, SettingsError, VolumeError
-from ..options import BASELINES, OCCLUSION_MODES
+from ..options import BASELINES, OCCLUSION_MODES, REMOVALS
+from .removal import DROP, grouped_by_size, kept_tokens, subset_logits
 from .result import MethodResult, batched_logits, resolve_targets, target_logits
 
 Tensor = torch.Tensor
 Progress = Callable[[int, int], None]
 
-FILLS = ("even", "smooth")
 
 
 # -- shared helpers ------------------------------------------------------------------------------
@@ -128,8 +128,8 @@ class OcclusionCost:
     tokens:    patch tokens per input (N); ``full`` evaluates ``volumes * tokens`` perturbed copies.
     perturbed: perturbed copies actually evaluated, all inputs together (forwards of one volume).
     calls:     batched model calls, the unperturbed pass included.
-    windows:   coarse windows per input (0 when every token was occluded on its own).
-    refined:   windows refined token by token, all inputs together.
+    measured:  tokens measured exactly per input (``fast``: the strongest by the estimate).
+    backward:  whether the first-order estimate (one backward) was taken.
     """
 
     mode: str
@@ -137,8 +137,8 @@ class OcclusionCost:
     tokens: int
     perturbed: int
     calls: int
-    windows: int = 0
-    refined: int = 0
+    measured: int = 0
+    backward: bool = False
 
     @property
     def full_equivalent(self) -> int:
@@ -155,23 +155,6 @@ class OcclusionResult(MethodResult):
     """``scores`` [B, N], ``logits`` [B, K], ``targets`` [B], and what the call ``cost``."""
 
     cost: OcclusionCost | None = None
-
-
-def _windows(grid: tuple[int, int, int], size: int) -> Tensor:
-    """Token indices of each ``size``-cube window of the token grid, clipped at the grid's edge.
-
-    Returns [W, M] int64 (M = the largest window's token count), windows in C order over the
-    window grid, tokens in C order inside each window, padded with -1.
-    """
-    gf, gh, gw = grid
-    ids = torch.arange(gf * gh * gw).reshape(grid)
-    rows = []
-    for f in range(0, gf, size):
-        for h in range(0, gh, size):
-            for w in range(0, gw, size):
-                rows.append(ids[f : f + size, h : h + size, w : w + size].reshape(-1))
-    width = max(len(r) for r in rows)
-    return torch.stack([F.pad(r, (0, width - len(r)), value=-1) for r in rows])
 
 
 def occluded_inputs(inputs: Tensor, base: Tensor, owners: Tensor, regions: Tensor,
@@ -194,9 +177,13 @@ def occluded_inputs(inputs: Tensor, base: Tensor, owners: Tensor, regions: Tenso
 
 
 class _Occluder:
-    """Evaluates perturbed copies: a job is (input index, token indices to replace)."""
+    """Evaluates perturbed copies: a job is (input index, token indices to remove).
 
-    def __init__(self, adapter, inputs: Tensor, base: Tensor, targets: Tensor, reference: Tensor,
+    ``base`` [B, C, F, H, W] is painted over the removed tokens' voxels; ``base=None`` leaves the
+    removed tokens out of the sequence instead (``removal.DROP``).
+    """
+
+    def __init__(self, adapter, inputs: Tensor, base: Tensor | None, targets: Tensor, reference: Tensor,
                  grid: tuple[int, int, int], patch_size: tuple[int, int, int], batch_size: int,
                  progress: Progress | None):
         self.adapter, self.inputs, self.base = adapter, inputs, base
@@ -210,6 +197,8 @@ class _Occluder:
 
     def drops(self, owners: Tensor, regions: Tensor) -> Tensor:
         """Drop of the target logit for each job: owners [J] (input index), regions [J, M] -> [J]."""
+        if self.base is None:
+            return self._dropped(owners, regions)
         out = []
         for start in range(0, owners.shape[0], self.batch_size):
             who = owners[start : start + self.batch_size]
@@ -225,103 +214,101 @@ class _Occluder:
             return torch.zeros(0, device=owners.device)
         return torch.cat(out)
 
+    def _dropped(self, owners: Tensor, regions: Tensor) -> Tensor:
+        """``drops`` with the removed tokens left out of the sequence, jobs grouped by size."""
+        result = torch.zeros(owners.shape[0], device=owners.device)
+
+        def counted(rows: int) -> None:
+            self.calls += 1
+            self.done += rows
+            if self.progress is not None:
+                self.progress(self.done, self.total)
+
+        for group in grouped_by_size(regions):
+            keep = kept_tokens(regions[group], self.num_tokens)
+            logits = subset_logits(self.adapter, self.inputs, owners[group], keep, self.batch_size, counted)
+            result[group] = self.reference[owners[group]] - target_logits(logits, self.targets[owners[group]]).float()
+        return result
+
+
+#: tokens per input that ``fast`` occlusion measures exactly, beside the estimate of all of them
+DEFAULT_MEASURED = 24
+
 
 def occlusion_scores(
     adapter,
     inputs: Tensor,
     targets: Tensor | None,
-    baseline: str = "mean",
+    baseline: str = DROP,
     batch_size: int = 32,
     mode: str = "fast",
     progress: Progress | None = None,
     *,
-    window: int = 2,
-    refine: float = 0.25,
-    grow: float | None = 0.25,
-    limit: float = 0.5,
-    fill: str = "even",
+    measure: int = DEFAULT_MEASURED,
 ) -> OcclusionResult:
-    """Per-token occlusion: how much the target's raw logit drops when a token's voxels are removed.
+    """Per-token occlusion: how much the target's raw logit drops when a token is removed.
 
     adapter:    from ``napari_g3dvit.models.find_adapter(model)``; the model must already be
                 prepared (eval, frozen parameters) and on the inputs' device.
     inputs:     model inputs [B, C, frames, H, W].
     targets:    [B] class per input, or None for each input's predicted class.
-    baseline:   what a removed patch's voxels become, one of ``BASELINES``.
+    baseline:   how a token is removed: ``"drop"`` leaves it out of the transformer's sequence
+                (``removal.py``); one of ``BASELINES`` paints that baseline over its voxels.
     batch_size: perturbed copies per model call (copies of different inputs share calls).
-    mode:       ``full``: every token occluded on its own, N copies per input (the reference).
-                ``fast``: coarse to fine, per input:
-
-                1. cubes of ``window`` tokens per axis (clipped at the grid's edge) are occluded
-                   whole, one copy per window;
-                2. the ``refine`` fraction of windows with the largest drops (at least one) are
-                   occluded token by token;
-                3. growth: while a measured token's drop is at least ``grow`` times the largest
-                   measured drop, the windows holding its 26 grid neighbours are refined too
-                   (evidence is rarely cut neatly by the window grid, and a window can hide a
-                   strong token when its other tokens push the logit the other way); ``None``
-                   turns this off. No more than the ``limit`` fraction of the windows is ever
-                   refined; past it, the candidates with the largest window drops go first.
-
-                Measured tokens keep their own drops. Every other token gets an estimate from
-                its window's drop: ``fill="even"`` gives each token the window's drop divided by
-                its token count (the share of an evenly spread drop; an estimate never exceeds
-                what the window measured on average); ``fill="smooth"`` interpolates those
-                shares trilinearly between windows and shifts each window's estimates so that
-                they still sum to its drop (refined windows enter the interpolation with the
-                median of their tokens, so one strong token does not lift its neighbours).
-                Cost per input: at most ``W + (tokens of the limit * W largest windows)``
-                copies, W being the number of windows; when that bound reaches N (tiny grids)
-                ``full`` runs instead. ``result.cost`` says what was spent.
-    progress:   called as ``progress(done, total)``, in perturbed copies, after each model
-                call. In ``fast`` mode ``total`` is the cost bound above until the last call,
-                which reports ``(done, done)``.
+    mode:       ``full``: every token removed on its own, N copies per input (the reference).
+                ``estimate``: the first-order fall of every token from one forward and one
+                backward (``first_order.removal_estimate``), nothing measured.
+                ``fast``: that estimate for every token, then the ``measure`` tokens with the
+                largest estimates are removed one by one and keep their measured drops; every
+                other token keeps its estimate, scaled by the least-squares factor between the
+                measured drops and their estimates (per input; 1 where that factor is not
+                positive), so estimated and measured values share one scale. Cost per input: one
+                forward and one backward, plus ``measure`` copies (``full`` runs instead when
+                ``measure`` reaches N).
+    progress:   called as ``progress(done, total)``, in perturbed copies, after each model call.
 
     Returns an ``OcclusionResult``: ``(scores [B, N] float32, logits [B, K], targets [B])``, the
     logits of the unperturbed inputs, with ``.cost`` (an ``OcclusionCost``) attached.
     """
-    if baseline not in BASELINES:
-        raise SettingsError(f"unknown baseline {baseline!r}; choose one of: {', '.join(BASELINES)}")
+    from .first_order import removal_estimate
+
+    if baseline not in REMOVALS:
+        raise SettingsError(f"unknown baseline {baseline!r}; choose one of: {', '.join(REMOVALS)}")
     if mode not in OCCLUSION_MODES:
         raise SettingsError(f"unknown occlusion mode {mode!r}; choose one of: {', '.join(OCCLUSION_MODES)}")
-    if fill not in FILLS:
-        raise SettingsError(f"unknown fill {fill!r}; choose one of: {', '.join(FILLS)}")
     _check_positive(batch_size, "batch_size")
-    _check_positive(window, "window")
-    if not (0 < refine <= 1 and 0 < limit <= 1):
-        raise SettingsError(f"refine and limit are fractions of the windows, in (0, 1]; got {refine!r} and {limit!r}")
-    if grow is not None and not 0 < grow <= 1:
-        raise SettingsError(f"grow is a fraction of the largest drop, in (0, 1], or None; got {grow!r}")
+    if isinstance(measure, bool) or not isinstance(measure, int) or measure < 0:
+        raise SettingsError(f"measure is a number of tokens, 0 or more; got {measure!r}")
     patch_size = tuple(int(p) for p in adapter.geometry.patch_size)
     grid = _check_inputs(inputs, patch_size)
     count, num_tokens = inputs.shape[0], math.prod(grid)
     device = inputs.device
+    base = None if baseline == DROP else baseline_inputs(inputs, baseline, patch_size)
+    if mode == "fast" and measure >= num_tokens:
+        mode = "full"
 
+    estimates = None
+    if mode != "full":
+        estimates, logits, targets = removal_estimate(adapter, inputs, targets, baseline, base)
+        estimates = estimates.float()
+        calls = 1
     with torch.no_grad():
-        logits, calls = _unperturbed_logits(adapter, inputs, batch_size)
-        targets = resolve_targets(logits, targets)
+        if estimates is None:
+            logits, calls = _unperturbed_logits(adapter, inputs, batch_size)
+            targets = resolve_targets(logits, targets)
         reference = target_logits(logits, targets).float()
-        base = baseline_inputs(inputs, baseline, patch_size)
         occluder = _Occluder(adapter, inputs, base, targets, reference, grid, patch_size, batch_size, progress)
         occluder.calls = calls
-
-        windows = _windows(grid, window).to(device)  # [W, M]
-        sizes = (windows >= 0).sum(dim=1)  # [W]
-        n_windows = windows.shape[0]
-        first = max(1, math.ceil(refine * n_windows))
-        cap = max(first, math.ceil(limit * n_windows))
-        bound = n_windows + int(sizes.sort(descending=True).values[:cap].sum())
-        if mode == "full" or bound >= num_tokens:
+        if mode == "full":
             scores = _occlude_all(occluder, count, num_tokens, device)
-            cost = OcclusionCost("full", count, num_tokens, occluder.done, occluder.calls)
+            cost = OcclusionCost("full", count, num_tokens, occluder.done, occluder.calls, measured=num_tokens)
+        elif mode == "estimate" or measure == 0:
+            scores = estimates
+            cost = OcclusionCost(mode, count, num_tokens, 0, occluder.calls, backward=True)
         else:
-            occluder.total = count * bound
-            plan = _Plan(windows, sizes, grid, first, cap, grow, window, fill)
-            scores, refined = _occlude_coarse_to_fine(occluder, count, plan)
-            if progress is not None and occluder.done != occluder.total:
-                progress(occluder.done, occluder.done)
-            cost = OcclusionCost("fast", count, num_tokens, occluder.done, occluder.calls,
-                                 windows=n_windows, refined=refined)
+            scores = _measure_strongest(occluder, estimates, measure)
+            cost = OcclusionCost("fast", count, num_tokens, occluder.done, occluder.calls, measured=measure,
+                                 backward=True)
     return OcclusionResult(scores, logits, targets, cost=cost)
 
 
@@ -333,104 +320,19 @@ def _occlude_all(occluder: _Occluder, count: int, num_tokens: int, device) -> Te
     return occluder.drops(owners, regions).reshape(count, num_tokens)
 
 
-@dataclass
-class _Plan:
-    """The coarse-to-fine settings, resolved for one token grid."""
-
-    windows: Tensor  # [W, M] token ids, -1 padded
-    sizes: Tensor  # [W] tokens per window
-    grid: tuple[int, int, int]
-    first: int  # windows refined first, by drop
-    cap: int  # most windows refined in all
-    grow: float | None
-    window: int
-    fill: str
-
-    def __post_init__(self):
-        valid = self.windows >= 0
-        ids = torch.arange(self.windows.shape[0], device=self.windows.device)
-        self.token_window = torch.empty(math.prod(self.grid), dtype=torch.int64, device=self.windows.device)
-        self.token_window[self.windows[valid]] = ids[:, None].expand_as(self.windows)[valid]
-
-
-def _occlude_coarse_to_fine(occluder: _Occluder, count: int, plan: _Plan) -> tuple[Tensor, int]:
-    """Windows, then the best windows token by token, then growth: scores [B, N], windows refined."""
-    windows, device = plan.windows, plan.windows.device
-    n_windows = windows.shape[0]
-    owners = torch.arange(count, device=device).repeat_interleave(n_windows)
-    coarse = occluder.drops(owners, windows.repeat(count, 1)).reshape(count, n_windows)
-
-    # Ties in the drop keep the lower window index first (a stable sort), so plans are reproducible.
-    order = torch.sort(coarse, dim=1, descending=True, stable=True).indices
-    pending = torch.zeros(count, n_windows, dtype=torch.bool, device=device)
-    pending.scatter_(1, order[:, : plan.first], True)
-    refined = torch.zeros_like(pending)
-    measured = torch.full((count, math.prod(plan.grid)), float("nan"), device=device)
-    while bool(pending.any()):
-        who, which = pending.nonzero(as_tuple=True)
-        rows = windows[which]  # [R, M]
-        keep = rows >= 0
-        tokens, job_owners = rows[keep], who[:, None].expand_as(rows)[keep]
-        measured[job_owners, tokens] = occluder.drops(job_owners, tokens[:, None])
-        refined |= pending
-        if plan.grow is None:
-            break
-        candidates = _windows_to_grow(measured, plan.grow, plan.token_window, plan.grid, n_windows) & ~refined
-        pending = _within_budget(candidates, coarse, plan.cap - refined.sum(dim=1))
-
-    share = coarse / plan.sizes.to(coarse.dtype)  # [B, W] a token's even share of its window's drop
-    if plan.fill == "smooth":
-        field = torch.where(refined, _window_medians(measured, windows), share)
-        scores = _smooth_fill(field, plan.sizes, plan.token_window, plan.grid, plan.window)
-    else:
-        scores = share[:, plan.token_window]
-    done = ~torch.isnan(measured)
-    scores[done] = measured[done]
-    return scores, int(refined.sum())
-
-
-def _within_budget(candidates: Tensor, coarse: Tensor, room: Tensor) -> Tensor:
-    """Of the candidate windows [B, W], the ``room`` [B] with the largest window drops."""
-    key = torch.where(candidates, coarse, torch.full_like(coarse, float("-inf")))
-    order = torch.sort(key, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-    return candidates & (rank < room[:, None])
-
-
-def _smooth_fill(field: Tensor, sizes: Tensor, token_window: Tensor, grid, window: int) -> Tensor:
-    """Per-window values [B, W] spread over the tokens [B, N]: trilinear between window centres,
-    then shifted per window so that each window's tokens average to its own value."""
-    b = field.shape[0]
-    wgrid = tuple(math.ceil(g / window) for g in grid)
-    up = F.interpolate(field.reshape(b, 1, *wgrid), size=tuple(w * window for w in wgrid),
-                       mode="trilinear", align_corners=False)
-    up = up[:, 0, : grid[0], : grid[1], : grid[2]].reshape(b, -1)
-    means = torch.zeros_like(field).index_add_(1, token_window, up) / sizes.to(up.dtype)
-    return up - means[:, token_window] + field[:, token_window]
-
-
-def _window_medians(measured: Tensor, windows: Tensor) -> Tensor:
-    """Median of the measured token drops in each window: [B, N], [W, M] -> [B, W] (nan if none)."""
-    padded = torch.cat([measured, torch.full_like(measured[:, :1], float("nan"))], dim=1)
-    rows = torch.where(windows < 0, measured.shape[1], windows)  # -1 -> the nan column
-    return padded[:, rows].nanmedian(dim=2).values
-
-
-def _windows_to_grow(measured: Tensor, grow: float, token_window: Tensor, grid, n_windows: int) -> Tensor:
-    """Windows holding a grid neighbour of a strong measured token: [B, N] -> [B, W] bool.
-
-    A token is strong when its drop is positive and at least ``grow`` times the largest drop
-    measured for its input.
-    """
-    values = torch.nan_to_num(measured, nan=float("-inf"))
-    peak = values.amax(dim=1, keepdim=True)
-    strong = (values >= grow * peak) & (values > 0)
-    near = F.max_pool3d(strong.reshape(-1, 1, *grid).float(), kernel_size=3, stride=1, padding=1)
-    who, token = (near.reshape(measured.shape) > 0).nonzero(as_tuple=True)
-    marked = torch.zeros(measured.shape[0], n_windows, dtype=torch.bool, device=measured.device)
-    marked[who, token_window[token]] = True
-    return marked
+def _measure_strongest(occluder: _Occluder, estimates: Tensor, measure: int) -> Tensor:
+    """Measure the ``measure`` tokens with the largest estimates [B, N]; scale the rest to match."""
+    count = estimates.shape[0]
+    top = torch.sort(estimates, dim=1, descending=True, stable=True).indices[:, :measure]  # [B, m]
+    owners = torch.arange(count, device=estimates.device).repeat_interleave(measure)
+    occluder.total = owners.shape[0]
+    measured = occluder.drops(owners, top.reshape(-1, 1)).reshape(count, measure)
+    guessed = estimates.gather(1, top)
+    scale = (measured * guessed).sum(dim=1) / (guessed * guessed).sum(dim=1).clamp_min(1e-30)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    scores = estimates * scale[:, None]
+    scores.scatter_(1, top, measured)
+    return scores
 
 
 # -- integrated gradients ------------------------------------------------------------------------
@@ -584,3 +486,28 @@ def integrated_gradients(
         input_scores=target_logits(logits, targets).float().detach(),
         baseline_scores=target_logits(base_logits, targets).float().detach(),
     )
+
+
+# -- the family passes ---------------------------------------------------------------------------
+
+
+def occlusion_pass(batch, methods: list[str]) -> list:
+    """Occlusion's pass (``explaining.PassInput`` in; ``settings.baseline`` already resolved)."""
+    from ..explaining import MapPart
+    from ..registry import METHOD_LAYERS
+
+    s = batch.settings
+    found = occlusion_scores(batch.adapter, batch.inputs, batch.targets, baseline=s.baseline, mode=s.occlusion)
+    return [MapPart("occlusion", METHOD_LAYERS["occlusion"], found.scores, found.logits, found.targets,
+                    {"forwards": found.cost.perturbed})]
+
+
+def integrated_gradients_pass(batch, methods: list[str]) -> list:
+    """Integrated gradients' pass (``explaining.PassInput`` in; ``settings.baseline`` resolved)."""
+    from ..explaining import MapPart
+    from ..registry import METHOD_LAYERS
+
+    s = batch.settings
+    found = integrated_gradients(batch.adapter, batch.inputs, batch.targets, baseline=s.baseline, steps=s.steps)
+    return [MapPart("integrated-gradients", METHOD_LAYERS["integrated-gradients"], found.scores, found.logits,
+                    found.targets)]

@@ -13,7 +13,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..options import AUTO, DEFAULT_THRESHOLD, METHODS
+from ..options import DEFAULT_THRESHOLD
+from ..registry import AUTO, METHODS
 from .inputs import CohortError, Input, Outputs
 
 #: timepoints of a 4D run per task (a run longer than this is split into chunks)

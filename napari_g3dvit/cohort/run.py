@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
-from ..options import AUTO
+from ..registry import AUTO
 from .inputs import CohortError, Input
 from .jobs import Job, ModelRef, Settings, is_done, plain, source_identity
 from .worker import chunk_task, choose_task, finish_task, input_task, open_source, spatial_and_time

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..options import AUTO
+from ..registry import AUTO
 from ..timecourse import region_heat
 from .jobs import Job, ModelRef
 from .writing import json_default, write_json, write_map, write_table

@@ -2,8 +2,8 @@
 
 Class 1 volumes hold one lesion-like blob: an ellipsoid of 4-8 mm radius (1.3-2.7 voxels at
 3 mm), placed at random inside the white matter of the MNI152 T1 (3 mm grid of the brain demo),
-whose voxels take a darker intensity (the T1 look of a chronic white-matter lesion), with a
-soft edge of one voxel. Class 0 volumes have none. Every sample gets its own intensity scale
+whose voxels are brighter than the white matter around them (the look of a white-matter lesion
+on FLAIR, or of an enhancing one after contrast), with a soft edge of one voxel. Class 0 volumes have none. Every sample gets its own intensity scale
 and noise, as the brain demo does. The ground truth is the blob itself, a few dozen voxels: a
 map cannot score well by pointing at the ventricles or the brain's outline, which is what
 makes this task a test of localisation (the cube and ventricle tasks let a model use context).
@@ -23,11 +23,11 @@ class LesionTask:
     """Settings of the lesion dataset (stored with trained models).
 
     radius_mm: the blob's semi-axes are drawn from this range, each on its own.
-    contrast:  the blob's intensity is the white matter's times ``1 - contrast``.
+    contrast:  the blob's intensity is the white matter's times ``1 + contrast``.
     """
 
     radius_mm: tuple[float, float] = (4.0, 8.0)
-    contrast: float = 0.45
+    contrast: float = 0.4
     noise: float = 0.03
     voxel_mm: float = 3.0
 
@@ -71,8 +71,8 @@ def make_lesions(anatomy: Anatomy, task: LesionTask, n: int, seed: int = 0) -> L
             distance = np.sqrt((((grid - centre) / radii) ** 2).sum(axis=-1))  # 1 on the ellipsoid's surface
             # weight 1 inside, falling linearly to 0 over one voxel outside; only in the brain
             weight = np.clip(1.0 - (distance - 1.0) * radii.min(), 0.0, 1.0) * anatomy.brain
-            dark = wm_level * (1.0 - task.contrast)
-            volume = volume * (1 - weight) + dark * weight
+            lesion = wm_level * (1.0 + task.contrast)
+            volume = volume * (1 - weight) + lesion * weight
             masks[i] = (distance <= 1.0) & anatomy.brain
         volume = volume * rng.uniform(0.9, 1.1) + rng.normal(0, task.noise, size=volume.shape).astype(np.float32)
         volumes[i] = volume

@@ -126,6 +126,15 @@ class ViTAdapter:
             return module.register_forward_hook(lambda _m, _args, out: edit(out))
         return module.register_forward_pre_hook(lambda _m, args: (edit(args[0]), *args[1:]))
 
+    @property
+    def mean_pooled(self) -> bool:
+        """Whether the readout averages all output tokens (else it reads the CLS token)."""
+        return False
+
+    def sequence_output_module(self) -> nn.Module:
+        """A module whose output is the last block's token sequence [B, T, C] (before pooling)."""
+        raise NotImplementedError
+
     def block_input_module(self, block: int) -> nn.Module:
         """A module whose first input is exactly the residual stream entering ``block`` (its
         attention-input LayerNorm, called in every forward path)."""

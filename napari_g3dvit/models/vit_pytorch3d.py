@@ -116,6 +116,13 @@ class VitPytorch3D(ViTAdapter):
     def heads(self) -> int:
         return int(self.vit.transformer.layers[0][0].heads)
 
+    @property
+    def mean_pooled(self) -> bool:
+        return getattr(self.vit, "pool", "cls") == "mean"
+
+    def sequence_output_module(self) -> nn.Module:
+        return self.vit.transformer
+
     def _entry_module(self) -> tuple[nn.Module, bool]:
         # the embedding dropout's output: both the stock forward and the CLS fast path call it
         return self.vit.dropout, True
