@@ -26,8 +26,8 @@ from magicgui.widgets import (
     Table,
 )
 
-from .options import BASELINES, DEFAULT_THRESHOLD, POOLINGS, UPSAMPLE_MODES
-from .registry import AUTO, CAM_METHODS, METHODS
+from .options import DEFAULT_THRESHOLD, POOLINGS, UPSAMPLE_MODES
+from .registry import AUTO, METHODS, SETTINGS, SPECS, baseline_choices, reads
 from .runner import (
     DEFAULT_STEP,
     MODEL_KEY,
@@ -48,8 +48,7 @@ log = logging.getLogger("napari_g3dvit")
 PREDICTED = "predicted class"
 CURRENT, ALL = "current timepoint", "all timepoints"
 AUTO_CHOICE = ("auto (most faithful)", AUTO)  # (shown, value)
-#: methods whose map depends on what replaces removed voxels
-BASELINE_METHODS = (AUTO, "occlusion", "integrated-gradients")
+EACH_DEFAULT = ("each method's default", None)
 NO_MODEL = "no model loaded: pick a checkpoint"
 
 TOOLTIPS = {
@@ -108,9 +107,14 @@ class ExplainWidget(Container):
         self.model_orientation = Label(label="orientation", value="")
         self.hook_layer = ComboBox(label="hook layer", choices=[])
         self.method = ComboBox(label="method", choices=[AUTO_CHOICE, *((m, m) for m in METHODS)], value=AUTO)
-        self.baseline = ComboBox(label="baseline", choices=[("each method's default", None), *((b, b) for b in BASELINES)],
-                                 value=None)
-        self.pooling = ComboBox(label="pooling", choices=POOLINGS, value="mean")
+        self.baseline = ComboBox(label="baseline", choices=[EACH_DEFAULT], value=None)
+        self.pooling = ComboBox(label="pooling", choices=POOLINGS, value=SETTINGS["pooling"].default)
+        self.steps = SpinBox(label="IG steps", value=SETTINGS["steps"].default, min=SETTINGS["steps"].minimum,
+                             max=1024)
+        self.occlusion = ComboBox(label="occlusion", choices=SETTINGS["occlusion"].choices,
+                                  value=SETTINGS["occlusion"].default)
+        self.relevance_block = SpinBox(label="relevance at block", value=SETTINGS["relevance_block"].default,
+                                       min=SETTINGS["relevance_block"].minimum, max=0)
         self.target = ComboBox(label="target", choices=[PREDICTED], value=PREDICTED)
         self.threshold = FloatSpinBox(label="keep top %", value=DEFAULT_THRESHOLD, min=0.1, max=100.0, step=1.0)
         self.upsample = ComboBox(label="upsampling", choices=UPSAMPLE_MODES, value="trilinear")
@@ -127,7 +131,8 @@ class ExplainWidget(Container):
         self.csv_path = FileEdit(label="export to", mode="w", filter="*.csv", value=Path.home() / "regions.csv")
         self.export_button = PushButton(text="Export CSV", enabled=False)
         self.extend([self.volume, self.checkpoint, self.config, self.summary, self.model_orientation, self.hook_layer,
-                     self.method, self.baseline, self.pooling, self.target, self.threshold, self.upsample, self.device,
+                     self.method, self.baseline, self.pooling, self.steps, self.occlusion, self.relevance_block,
+                     self.target, self.threshold, self.upsample, self.device,
                      self.timepoints, self.batch_size, self.run_button, self.cancel_button, self.progress,
                      self.result, self.regions, self.region_button, self.region_table, self.csv_path,
                      self.export_button])
@@ -189,10 +194,17 @@ class ExplainWidget(Container):
         return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Labels)]
 
     def _sync_pooling(self, method: str) -> None:
-        """Enable the controls the chosen method uses."""
-        self.pooling.enabled = method in ("g3dvit", AUTO)
-        self.hook_layer.enabled = method in CAM_METHODS
-        self.baseline.enabled = method in BASELINE_METHODS
+        """Enable the controls the chosen method reads (the registry says which), and offer the
+        baselines it accepts."""
+        for name in ("pooling", "baseline", "steps", "occlusion", "relevance_block"):
+            getattr(self, name).enabled = reads(method, name)
+        self.hook_layer.enabled = method != AUTO and reads(method, "layer")
+        current = self.baseline.value
+        offered = baseline_choices(method) if reads(method, "baseline") else ()
+        self.baseline.choices = [EACH_DEFAULT, *((b, b) for b in offered)]
+        self.baseline.value = current if current in offered else None
+        self.method.tooltip = TOOLTIPS["method"] if method == AUTO else (
+            f"{SPECS[method].title}: {SPECS[method].summary} ({SPECS[method].reference}). Cost: {SPECS[method].cost}.")
 
     def _sync_series_controls(self) -> None:
         layer = self.volume.value
@@ -281,19 +293,19 @@ class ExplainWidget(Container):
             return
         from napari_g3dvit.api import available_devices
 
+        from .defaults import run_defaults
+
         self.loaded = outcome
         summary = outcome.summary
         self.hook_layer.choices = list(summary.layers)
         self.hook_layer.value = summary.default_layer
         self.target.choices = [PREDICTED, *summary.class_names]
-        self.target.value = PREDICTED
-        recommended = outcome.recommended()
-        if "layer" in recommended:
-            self.hook_layer.value = recommended["layer"]
-        if "method" in recommended:
-            self.method.value = recommended["method"]
-        if "target" in recommended:
-            self.target.value = recommended["target"]
+        self.relevance_block.max = max(len(summary.block_names) - 1, 0)
+        defaults = run_defaults({**outcome.config, "class_names": list(summary.class_names)})
+        self.method.value = defaults["method"]  # the same defaults as the command line
+        self.target.value = defaults["target_name"] or PREDICTED
+        if defaults["layer"] in summary.layers:
+            self.hook_layer.value = defaults["layer"]
         self.device.choices = available_devices()
         self.device.value = self.device.choices[0]
         self._show_model_summary()
@@ -333,7 +345,8 @@ class ExplainWidget(Container):
             target = list(self.loaded.summary.class_names).index(self.target.value)
         return {"method": self.method.value, "layer": self.hook_layer.value, "pooling": self.pooling.value,
                 "target": target, "threshold": float(self.threshold.value), "upsample": self.upsample.value,
-                "device": self.device.value, "baseline": self.baseline.value}
+                "device": self.device.value, "baseline": self.baseline.value, "steps": int(self.steps.value),
+                "occlusion": self.occlusion.value, "relevance_block": int(self.relevance_block.value)}
 
     def _current_timepoint(self, layer) -> int:
         """Index along ``layer``'s first (time) axis at the viewer's current position."""

@@ -43,6 +43,7 @@ class ModelSummary:
     parameters: int
     default_layer: str
     layers: tuple[str, ...]
+    block_names: tuple[str, ...] = ()  # the ViT's blocks, first to last
 
     def line(self, device: str) -> str:
         size = "x".join(map(str, self.input_shape)) if self.input_shape else "any multiple of the patch"
@@ -68,6 +69,7 @@ def describe_model(model: nn.Module) -> ModelSummary:
         parameters=sum(p.numel() for p in model.parameters()),
         default_layer=adapter.default_layer,
         layers=tuple(name for name, _ in layers),
+        block_names=tuple(adapter.blocks),
     )
 
 

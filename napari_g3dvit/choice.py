@@ -227,6 +227,24 @@ def choose_method(model: nn.Module, volumes, target=None, device=None, preproces
         seconds=time.perf_counter() - started, volumes=len(series))
 
 
+def choice_for(model: nn.Module, volume, rechoose: bool = False, budget: float | None = DEFAULT_BUDGET,
+               **settings) -> tuple[MethodChoice, bool]:
+    """The choice for ``volume`` under ``model``: the one remembered for this model (same weights),
+    input shape, target and settings, or a new one (then remembered). Returns (choice, reused)."""
+    from .explaining import as_series
+
+    series, _ = as_series(volume)
+    choosing = {k: settings.get(k) for k in ("device", "preprocessing", "baseline", "pooling") if k in settings}
+    key = _cache_key(model, series.shape[1:], settings.get("target"), {**choosing, "budget": budget, "device": None})
+    remembered = _choices.setdefault(model, {})
+    if not rechoose and key in remembered:
+        return remembered[key], True
+    choice = choose_method(model, series, target=settings.get("target"), budget=budget, **choosing)
+    remembered.clear()  # one remembered choice per model: a changed model makes old keys stale
+    remembered[key] = choice
+    return choice, False
+
+
 def explain_auto(model: nn.Module, volume, choice: MethodChoice | None = None, rechoose: bool = False,
                  budget: float | None = DEFAULT_BUDGET, **settings):
     """``explain`` with the candidate ``choose_method`` finds most faithful on ``volume``.
@@ -237,7 +255,7 @@ def explain_auto(model: nn.Module, volume, choice: MethodChoice | None = None, r
     ignored: the choice includes it.
     """
     from .devices import resolve_device
-    from .explaining import RunSettings, as_series, explain_methods
+    from .explaining import RunSettings, explain_methods
     from .models import find_adapter
 
     find_adapter(model)  # not a ViT: said before anything else
@@ -247,17 +265,7 @@ def explain_auto(model: nn.Module, volume, choice: MethodChoice | None = None, r
     RunSettings(methods=("cp-lrp",), **settings)  # bad settings: said before the choice is made
     reused = choice is not None
     if choice is None:
-        series, _ = as_series(volume)
-        choosing = {k: settings.get(k) for k in ("device", "preprocessing", "baseline", "pooling") if k in settings}
-        key = _cache_key(model, series.shape[1:], settings.get("target"),
-                         {**choosing, "budget": budget, "device": None})
-        remembered = _choices.setdefault(model, {})
-        if not rechoose and key in remembered:
-            choice, reused = remembered[key], True
-        else:
-            choice = choose_method(model, series, target=settings.get("target"), budget=budget, **choosing)
-            remembered.clear()  # one remembered choice per model: a changed model makes old keys stale
-            remembered[key] = choice
+        choice, reused = choice_for(model, volume, rechoose=rechoose, budget=budget, **settings)
     own = {k: v for k, v in choice.settings.items() if k in SETTINGS}
     run = RunSettings(methods=(choice.method,), layers=(choice.layer,), **{**settings, **own})
     result = next(iter(explain_methods(model, volume, run, progress=progress).values()))

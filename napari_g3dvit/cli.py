@@ -25,7 +25,12 @@ def _demo(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     model = import_vit3d().ViT(image_size=32, image_patch_size=4, frames=32, frame_patch_size=4, num_classes=2,
                 dim=64, depth=2, heads=4, mlp_dim=128, channels=1, dim_head=16).eval()
-    exp = g3d.explain(model, volume, method=args.method, threshold=args.threshold)
+    from .defaults import run_defaults
+    from .registry import SETTINGS
+
+    defaults = run_defaults(None)
+    own = {name: getattr(args, name) for name in SETTINGS if getattr(args, name) is not None}
+    exp = g3d.explain(model, volume, method=args.method or defaults["method"], threshold=args.threshold, **own)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -33,7 +38,8 @@ def _demo(args: argparse.Namespace) -> int:
     nib.save(nib.Nifti1Image(volume, affine), out / "volume.nii.gz")
     nib.save(nib.Nifti1Image(exp.heatmap, affine), out / "heatmap.nii.gz")
     print(f"untrained demo ViT on a 32^3 synthetic volume with a cube at voxel {tuple(int(c) for c in corner)}")
-    print(f"method {exp.method}, layer {exp.layer}, target class {exp.target}, "
+    chose = f" (auto chose it by {exp.extra['auto']['criterion'].split(':')[0]})" if "auto" in exp.extra else ""
+    print(f"method {exp.method}{chose}, layer {exp.layer}, target class {exp.target}, "
           f"p = {exp.probabilities[exp.target]:.3f}, {np.count_nonzero(exp.token_map)} of "
           f"{exp.token_map.size} tokens kept")
     print(f"wrote {out / 'volume.nii.gz'} and {out / 'heatmap.nii.gz'}")
@@ -101,20 +107,18 @@ def _train(args: argparse.Namespace) -> int:
 def _cohort_options(parser: argparse.ArgumentParser, methods: list[str]) -> None:
     """The options ``g3dvit bids ... participant`` and ``g3dvit batch`` share."""
     from .cohort.jobs import DEFAULT_BATCH, DEFAULT_CHUNK
-    from .options import DEFAULT_THRESHOLD, POOLINGS, UPSAMPLE_MODES, BASELINES
+    from .options import DEFAULT_THRESHOLD, UPSAMPLE_MODES
 
     parser.add_argument("--model", metavar="CKPT", help="the model checkpoint (.safetensors or .pt)")
     parser.add_argument("--config", metavar="JSON", help="its config, when not beside it")
     parser.add_argument("--method", nargs="+", choices=methods, metavar="M",
-                        help=f"one or more of: {', '.join(methods)} (default: the method and layer the "
-                             "model's config recommends, as the widget preselects them; else g3dvit)")
-    parser.add_argument("--layer", help="hook layer for the CAM methods (default: the last block's)")
-    parser.add_argument("--pooling", default="mean", choices=POOLINGS)
+                        help=f"one or more of: {', '.join(methods)} (default: auto, as in the widget)")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, metavar="P",
                         help=f"keep the top P %% of token values (default {DEFAULT_THRESHOLD:g}; 100 keeps all)")
-    parser.add_argument("--target", type=int, help="explain this class (default: each volume's predicted class)")
+    parser.add_argument("--target", type=int, help="explain this class (default: the class the model's config "
+                                                   "recommends, as in the widget; else each volume's predicted class)")
     parser.add_argument("--upsample", default="trilinear", choices=UPSAMPLE_MODES)
-    parser.add_argument("--baseline", choices=BASELINES, help="occlusion / integrated gradients baseline")
+    method_setting_options(parser)
     parser.add_argument("--atlas", metavar="LABELS", help="a label volume: heat per label into each sidecar and a TSV")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, metavar="N",
@@ -129,14 +133,24 @@ def _cohort_options(parser: argparse.ArgumentParser, methods: list[str]) -> None
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _recommended(model: Path, config: str | None) -> dict:
-    """The config's ``recommended_explanation`` (method, layer), read from the JSON beside the model."""
+def method_setting_options(parser: argparse.ArgumentParser) -> None:
+    """One option per setting the methods read (``registry.SETTINGS``), named as in ``explain``."""
+    from .registry import SETTINGS, SPECS
+
+    for name, setting in SETTINGS.items():
+        readers = ", ".join(m for m, s in SPECS.items() if name in s.settings)
+        shown = "each method's own" if setting.default is None else setting.default
+        parser.add_argument(setting.flag, dest=name, type=setting.kind, choices=setting.choices,
+                            default=setting.default, metavar=name.upper(),
+                            help=f"{setting.help} (read by {readers}; default: {shown})")
+
+
+def _model_config(model: Path, config: str | None) -> dict:
+    """The model's config, read from the JSON beside it (the client loads no model)."""
     from .models.config import find_config_beside, read_config_file
-    from .registry import METHODS
 
     path = Path(config) if config else find_config_beside(model)
-    found = (read_config_file(path).get("recommended_explanation") or {}) if path else {}
-    return found if found.get("method") in METHODS else {}
+    return read_config_file(path) if path else {}
 
 
 def _run_cohort(args: argparse.Namespace, inputs, bids_dir=None) -> int:
@@ -145,14 +159,15 @@ def _run_cohort(args: argparse.Namespace, inputs, bids_dir=None) -> int:
     if not args.model:
         print("g3dvit: error: --model is required to explain", file=sys.stderr)
         return 2
-    methods, layer = args.method, args.layer
-    if not methods:  # what the widget would preselect for this model
-        recommended = _recommended(Path(args.model), args.config)
-        methods = [recommended.get("method", "g3dvit")]
-        layer = layer or recommended.get("layer")
-    settings = Settings(methods=tuple(dict.fromkeys(methods)), layer=layer, pooling=args.pooling,
+    from .defaults import run_defaults
+
+    defaults = run_defaults(_model_config(Path(args.model), args.config))  # what the widget preselects
+    settings = Settings(methods=tuple(dict.fromkeys(args.method or [defaults["method"]])),
+                        layer=args.layer or defaults["layer"], pooling=args.pooling,
                         threshold=args.threshold, upsample=args.upsample,
-                        target=args.target, baseline=args.baseline, device=args.device,
+                        target=defaults["target"] if args.target is None else args.target,
+                        baseline=args.baseline, steps=args.steps, occlusion=args.occlusion,
+                        relevance_block=args.relevance_block, device=args.device,
                         batch_size=args.batch_size, chunk=args.chunk, atlas=args.atlas)
 
     def started(client) -> None:
@@ -211,10 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     viewer.set_defaults(run=_napari)
     demo = sub.add_parser("demo", help="explain a synthetic volume with a small ViT, write NIfTI")
     demo.add_argument("--out", default="out/demo", help="folder for volume.nii.gz and heatmap.nii.gz")
-    # An untrained ViT's LayerNorms still have the identity affine, which makes g3dvit maps
-    # exactly empty (see README); the channel-weighted GradCAM shows the pipeline instead.
-    demo.add_argument("--method", default="gradcam", choices=[*METHODS, AUTO])
+    # auto by default, as everywhere. An untrained ViT's LayerNorms still have the identity
+    # affine, which makes g3dvit maps exactly empty (see README).
+    demo.add_argument("--method", default=None, choices=[*METHODS, AUTO], help="default: auto, as in the widget")
     demo.add_argument("--threshold", type=float, default=5.0)
+    method_setting_options(demo)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
     from .evaluation.recipes import RECIPES

@@ -36,7 +36,7 @@ MODEL_KEY = "g3dvit_model"
 DEFAULT_STEP = 4
 #: settings that make two runs "the same" (a re-run updates the earlier layer)
 SAME_RUN_KEYS = ("volume", "model", "method", "layer", "pooling", "target", "threshold", "upsample", "baseline",
-                 "device", "series", "input_orientation")
+                 "steps", "occlusion", "relevance_block", "device", "series", "input_orientation")
 _warned_orientation: set[str] = set()
 
 
@@ -346,12 +346,10 @@ class ExplainRun:
 
         if self.settings.get("method") != "auto":
             return lambda chunk: g3d.explain(model, chunk, **self.settings)
-        from .choice import choose_method, explain_auto
+        from .choice import choice_for, explain_auto
 
         rest = {k: v for k, v in self.settings.items() if k not in ("method", "layer")}
-        target = rest.get("target")
-        choice = choose_method(model, volume, target=target, device=rest.get("device"),
-                               baseline=rest.get("baseline"), pooling=rest.get("pooling", "mean"))
+        choice, _ = choice_for(model, volume, **rest)  # remembered for the next run of this model
         return lambda chunk: explain_auto(model, chunk, choice=choice, **rest)
 
     def _heat_layer(self, parts: list) -> HeatLayer:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..options import DEFAULT_THRESHOLD
-from ..registry import AUTO, METHODS
+from ..registry import AUTO, METHODS, SETTINGS
 from .inputs import CohortError, Input, Outputs
 
 #: timepoints of a 4D run per task (a run longer than this is split into chunks)
@@ -26,13 +26,16 @@ DEFAULT_BATCH = 8
 class Settings:
     """``explain`` settings for every input, and how the work is cut."""
 
-    methods: tuple[str, ...] = ("g3dvit",)
+    methods: tuple[str, ...] = (AUTO,)
     layer: str | None = None
-    pooling: str = "mean"
+    pooling: str = SETTINGS["pooling"].default
     threshold: float | None = DEFAULT_THRESHOLD
     upsample: str = "trilinear"
     target: int | None = None
     baseline: str | None = None
+    steps: int = SETTINGS["steps"].default
+    occlusion: str = SETTINGS["occlusion"].default
+    relevance_block: int = SETTINGS["relevance_block"].default
     device: str = "cpu"
     batch_size: int = DEFAULT_BATCH  # timepoints per forward pass (halved on out-of-memory)
     chunk: int = DEFAULT_CHUNK  # timepoints per task
@@ -53,7 +56,11 @@ class Settings:
         """The settings that make one method's map what it is (recorded in its sidecar)."""
         return {"method": method, "layer": self.layer, "pooling": self.pooling, "threshold": self.threshold,
                 "upsample": self.upsample, "target": self.target, "baseline": self.baseline,
-                "atlas_sha256": self.atlas_sha256}
+                **self.method_settings(), "atlas_sha256": self.atlas_sha256}
+
+    def method_settings(self) -> dict:
+        """The settings only some methods read (``registry.SETTINGS`` beyond layer, pooling, baseline)."""
+        return {"steps": self.steps, "occlusion": self.occlusion, "relevance_block": self.relevance_block}
 
 
 @dataclass(frozen=True)

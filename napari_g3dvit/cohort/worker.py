@@ -199,7 +199,7 @@ def _explain(model, volumes: np.ndarray, job: Job, choice, batch: int) -> dict:
 
     s = job.settings
     common = dict(pooling=s.pooling, target=s.target, threshold=s.threshold, upsample=s.upsample,
-                  device=s.device, batch_size=batch, baseline=s.baseline)
+                  device=s.device, batch_size=batch, baseline=s.baseline, **s.method_settings())
     plain = [m for m in job.methods if m != AUTO]
     out = dict(explain(model, volumes, method=plain, layer=s.layer, **common)) if plain else {}
     if AUTO in job.methods:
