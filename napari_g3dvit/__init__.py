@@ -6,7 +6,7 @@ Public API::
     g3d.METHODS
     g3d.token_layers(model)
     model = g3d.load_model("model.safetensors")      # config from model.json beside it
-    exp = g3d.explain(model, volume, method="g3dvit", ...)
+    exp = g3d.explain(model, volume)                 # method "auto"; "g3dvit" is the published one
     g3d.save_model(module, "model.safetensors", config)
 
 Names that need torch are imported on first use, so importing the package (as napari does to
@@ -33,6 +33,7 @@ _LAZY = {
     "explain": ".api",
     "token_layers": ".api",
     "describe_model": ".api",
+    "run_defaults": ".defaults",
     "Explanation": ".explanation",
     "load_model": ".models.loading",
     "save_model": ".models.loading",
@@ -42,6 +43,7 @@ _LAZY = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from .api import describe_model, explain, token_layers
+    from .defaults import run_defaults
     from .explanation import Explanation
     from .models.checkpoint import CheckpointError
     from .models.config import ConfigError

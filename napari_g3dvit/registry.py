@@ -201,3 +201,22 @@ def method_table() -> str:
     return "\n".join(lines)
 
 
+
+
+def readme_table(readme: str) -> str:
+    """README text with the methods table between its markers made anew from the specs."""
+    start, end = "<!-- methods table: made by python -m napari_g3dvit.registry -->", "<!-- end of methods table -->"
+    head, rest = readme.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{method_table()}\n{end}{tail}"
+
+
+if __name__ == "__main__":  # python -m napari_g3dvit.registry [README.md]: print the table, or update the file
+    import sys
+    from pathlib import Path
+
+    if len(sys.argv) > 1:
+        path = Path(sys.argv[1])
+        path.write_text(readme_table(path.read_text(encoding="utf-8")), encoding="utf-8")
+    else:
+        print(method_table())

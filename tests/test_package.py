@@ -62,3 +62,13 @@ print("ok", exp.heatmap.shape)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ok (8, 8, 8)" in out.stdout
+
+
+def test_readme_methods_table_is_the_registrys():
+    from pathlib import Path
+
+    from napari_g3dvit.registry import method_table, readme_table
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    assert method_table() in readme
+    assert readme_table(readme) == readme  # nothing else between the markers

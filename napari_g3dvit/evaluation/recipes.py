@@ -123,7 +123,7 @@ RECIPES = {
     # anatomy and grid) and a contrast that comes down to the task's own, it learns.
     "lesion": Recipe(
         "lesion", "MNI152 T1 at 3 mm; class 1 holds one bright 4-8 mm lesion-like blob in the white matter",
-        "lesion", LesionTask(), patch=8, per_epoch=600, epochs=12, batch_size=16, lr=5e-4, stop_at=None,
+        "lesion", LesionTask(), patch=8, per_epoch=600, epochs=10, batch_size=16, lr=3e-4, stop_at=None,
         init_from="brain_ventricles", signal_schedule=(1.0, 0.9, 0.8, 0.7, 0.6, 0.5)),
 }
 
