@@ -34,6 +34,8 @@ DEFAULT_BUDGET: float | None = None
 CHOICE_VOLUMES = 3
 #: auto's removal for its criterion when the caller names none
 DEFAULT_REMOVAL = "drop"
+#: candidates whose deletion curves are measured in full (the others are out after round one)
+FINALISTS = 2
 
 
 @dataclass(frozen=True)
@@ -89,13 +91,15 @@ def candidate_layers(model: nn.Module) -> list[str]:
     return [find_adapter(model).attention_norm(0)]
 
 
-def _criterion_forwards(tokens: int) -> float:
-    """Forward passes the criterion spends on one candidate (deletions of almost every token,
-    insertions of few)."""
+def _criterion_forwards(tokens: int) -> tuple[float, float]:
+    """Forward passes the criterion spends: (per candidate in round one, per finalist after it).
+
+    A sequence of m of the N tokens costs about m / N of a forward."""
     from .cam.faithfulness import token_counts
 
     counts = token_counts(tokens)
-    return sum((tokens - k) / tokens for k in counts) + sum(k / tokens for k in counts)
+    first = (tokens - counts[-1]) / tokens + sum(k / tokens for k in counts)
+    return first, sum((tokens - k) / tokens for k in counts[:-1])
 
 
 def candidates(model: nn.Module, budget: float | None = None, removal: str = DEFAULT_REMOVAL
@@ -130,8 +134,8 @@ def candidates(model: nn.Module, budget: float | None = None, removal: str = DEF
         wanted = Candidate(method, recommended.get("layer") if spec(method).uses_layer else None)
         if all(wanted != c for _, group in groups for c in group):
             groups.append((spec(method).forwards(tokens), [wanted]))
-    judged = _criterion_forwards(tokens)
-    kept, pruned, spent = [], {}, 0.0
+    judged, final = _criterion_forwards(tokens)
+    kept, pruned, spent = [], {}, FINALISTS * final
     for cost, group in groups:
         total = cost + judged * len(group)
         if budget is None or spent + total <= budget or not kept:
@@ -214,15 +218,15 @@ def choose_method(model: nn.Module, volumes, target=None, device=None, preproces
     used_targets = torch.as_tensor(np.atleast_1d(first.target), dtype=torch.int64)
     with prepared_model(model, dev):
         curves = relevance_curves(adapter, inputs.to(dev), maps, targets_for(used_targets.numpy(), len(series)).to(dev),
-                                  removal=removal)
+                                  removal=removal, finalists=FINALISTS)
     scores = {label: round(float(c.gain.mean()), 6) for label, c in curves.items()}
-    best = max(scores, key=scores.get)
+    best = max((label for label, c in curves.items() if c.complete), key=scores.get)
     chosen = found[best][0]
     return MethodChoice(
         method=chosen.method, layer=chosen.layer if spec(chosen.method).uses_layer else None,
         settings=dict(chosen.settings), scores=scores,
-        curves={label: {"deletion": round(float(c.deletion.mean()), 6), "insertion": round(float(c.insertion.mean()), 6),
-                        "counts": list(c.counts)} for label, c in curves.items()},
+        curves={label: {"deletion": round(float(c.deletion.nanmean()), 6), "insertion": round(float(c.insertion.mean()), 6),
+                        "counts": list(c.counts), "finalist": c.complete} for label, c in curves.items()},
         criterion=CRITERION, removal=removal, skipped=skipped, pruned=pruned,
         seconds=time.perf_counter() - started, volumes=len(series))
 

@@ -51,14 +51,18 @@ class Curves:
     """p(target) after deleting ([B, S]) and after keeping only ([B, S]) each count's top tokens."""
 
     counts: list[int]
-    deletion: torch.Tensor
+    deletion: torch.Tensor  # nan where a count was not measured (a candidate out after round one)
     insertion: torch.Tensor
     original: torch.Tensor  # [B] p(target) of the untouched inputs
 
     @property
+    def complete(self) -> bool:
+        return not bool(torch.isnan(self.deletion).any())
+
+    @property
     def gain(self) -> torch.Tensor:
-        """[B] insertion mean minus deletion mean (higher = more faithful)."""
-        return self.insertion.mean(dim=1) - self.deletion.mean(dim=1)
+        """[B] insertion mean minus deletion mean over the measured counts (higher = more faithful)."""
+        return self.insertion.mean(dim=1) - self.deletion.nanmean(dim=1)
 
 
 def _probabilities(adapter, inputs: torch.Tensor, owners: torch.Tensor, keep: torch.Tensor,
@@ -81,12 +85,17 @@ def _probabilities(adapter, inputs: torch.Tensor, owners: torch.Tensor, keep: to
 
 def relevance_curves(adapter, inputs: torch.Tensor, token_maps: dict, targets: torch.Tensor,
                      removal: str = DROP, counts: Sequence[int] | None = None,
-                     batch_size: int = 16) -> dict:
+                     batch_size: int = 16, finalists: int | None = None) -> dict:
     """Deletion and insertion curves of each candidate map on each input.
 
     inputs: [B, C, F, H, W] model inputs (model prepared, on their device); token_maps:
     {key: [B, N] scores, higher = more relevant}; targets: [B]. Returns {key: Curves}.
     Rows of equal length share model calls across candidates.
+
+    finalists: None measures every curve in full. A number runs two rounds, since deletions
+    (sequences of almost every token) cost most: round one measures every candidate's insertions
+    and its deletion at the largest count; only the ``finalists`` best by insertion mean minus
+    that deletion get the deletions at the other counts (``Curves.complete``).
     """
     num = adapter.geometry.num_patches
     counts = list(counts or token_counts(num))
@@ -97,16 +106,28 @@ def relevance_curves(adapter, inputs: torch.Tensor, token_maps: dict, targets: t
     keys = list(token_maps)
     ranks = {key: torch.argsort(torch.as_tensor(token_maps[key]).float().to(device), dim=1, descending=True,
                                 stable=True) for key in keys}
-    owners = torch.arange(batch, device=device).repeat(len(keys))
-    results = {key: Curves(counts, torch.zeros(batch, len(counts)), torch.zeros(batch, len(counts)), original)
-               for key in keys}
-    for step, k in enumerate(counts):
-        stacked = torch.cat([ranks[key] for key in keys])  # [len(keys) * B, N]
-        kept_top = stacked[:, :k].sort(dim=1).values
-        kept_rest = stacked[:, k:].sort(dim=1).values
-        inserted = _probabilities(adapter, inputs, owners, kept_top, targets, removal, base, batch_size)
-        deleted = _probabilities(adapter, inputs, owners, kept_rest, targets, removal, base, batch_size)
-        for i, key in enumerate(keys):
-            results[key].insertion[:, step] = inserted[i * batch : (i + 1) * batch]
-            results[key].deletion[:, step] = deleted[i * batch : (i + 1) * batch]
+    results = {key: Curves(counts, torch.full((batch, len(counts)), float("nan")), torch.zeros(batch, len(counts)),
+                           original) for key in keys}
+
+    def measure(which: list, step: int, kind: str) -> None:
+        """p(target) for the candidates ``which`` at ``counts[step]``, all in shared calls."""
+        k = counts[step]
+        owners = torch.arange(batch, device=device).repeat(len(which))
+        stacked = torch.cat([ranks[key] for key in which])  # [len(which) * B, N]
+        keep = stacked[:, :k] if kind == "insertion" else stacked[:, k:]
+        found = _probabilities(adapter, inputs, owners, keep.sort(dim=1).values, targets, removal, base, batch_size)
+        for i, key in enumerate(which):
+            getattr(results[key], kind)[:, step] = found[i * batch : (i + 1) * batch]
+
+    last = len(counts) - 1
+    for step in range(len(counts)):
+        measure(keys, step, "insertion")
+    measure(keys, last, "deletion")
+    ahead = keys
+    if finalists is not None and finalists < len(keys):
+        first_round = {key: float((results[key].insertion.mean(dim=1) - results[key].deletion[:, last]).mean())
+                       for key in keys}
+        ahead = sorted(keys, key=lambda key: -first_round[key])[:finalists]
+    for step in range(last):
+        measure(ahead, step, "deletion")
     return results
