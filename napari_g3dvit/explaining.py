@@ -330,7 +330,7 @@ def explain_methods(model: nn.Module, volume, settings: RunSettings,
     grouped = families(settings.methods)
 
     layers: dict[str, nn.Module] = {}
-    if "cam" in grouped:
+    if any(spec(m).family == "cam" for m in settings.methods):
         for layer in settings.layers:
             name, module = resolve_layer(model, adapter.default_layer if layer is None else layer)
             layers[name] = module

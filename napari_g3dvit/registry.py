@@ -59,7 +59,8 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
 class MethodSpec:
     """One method.
 
-    family:    the pass it shares: methods of one family asked for together run once.
+    family:    its kind of computation; methods of one family (and of families listed together
+               in ``SHARED_PASSES``) asked for together run in one pass.
     settings:  names from ``SETTINGS`` it reads (a widget greys out the others).
     baselines: for a method reading ``baseline``: the values it accepts.
     cost:      what one volume costs, in words; ``forwards(tokens)`` the same as forward-pass
@@ -149,10 +150,13 @@ ATTENTION_METHODS: tuple[str, ...] = tuple(s.name for s in METHOD_SPECS if s.fam
 #: the "layer" a method that uses no single hooked layer reports
 METHOD_LAYERS: dict[str, str] = {s.name: s.layer for s in METHOD_SPECS if s.layer}
 
-#: where each family's pass is: "module:function", imported on first use (torch is needed there)
+#: families whose methods share one pass when asked for together (their arithmetic allows it: the
+#: CAM methods' layer gradients and the attention methods' map gradients come from one backward)
+SHARED_PASSES: dict[str, str] = {"cam": "gradient", "attention": "gradient"}
+
+#: where each pass is: "module:function", imported on first use (torch is needed there)
 FAMILY_PASSES: dict[str, str] = {
-    "cam": "napari_g3dvit.cam.methods:cam_pass",
-    "attention": "napari_g3dvit.cam.attention:attention_pass",
+    "gradient": "napari_g3dvit.cam.methods:gradient_pass",
     "cp-lrp": "napari_g3dvit.cam.conservative:conservative_pass",
     "occlusion": "napari_g3dvit.cam.perturbation:occlusion_pass",
     "integrated-gradients": "napari_g3dvit.cam.perturbation:integrated_gradients_pass",
@@ -171,10 +175,11 @@ def spec(name: str) -> MethodSpec:
 
 
 def families(methods) -> dict[str, list[str]]:
-    """Requested method names grouped by family, in request order: {family: [method, ...]}."""
+    """Requested method names grouped by the pass they share, in request order: {pass: [method, ...]}."""
     grouped: dict[str, list[str]] = {}
     for name in methods:
-        grouped.setdefault(spec(name).family, []).append(name)
+        family = spec(name).family
+        grouped.setdefault(SHARED_PASSES.get(family, family), []).append(name)
     return grouped
 
 

@@ -48,14 +48,23 @@ def test_methods_on_a_series_keep_one_map_per_timepoint(vit):
     np.testing.assert_allclose(together["grad-rollout"].heatmap[3], alone.heatmap, atol=1e-6)
 
 
-def test_families_share_their_passes(vit, volume):
-    """All CAM methods and layers from one forward, all attention methods from one more."""
+def test_cam_and_attention_methods_share_one_pass(vit, volume):
+    """All CAM methods at two layers and all attention methods from one forward (and one
+    backward), with the same maps as when each family runs alone."""
     calls = []
     handle = vit.register_forward_pre_hook(lambda *_: calls.append(1))
-    g3d.explain(vit, volume, method=list(CAM_METHODS) + ["attention-rollout", "grad-rollout", "legrad"],
-                layer=["transformer.layers.0.0.norm", "transformer.layers.1.0.norm"], device="cpu")
+    layers = ["transformer.layers.0.0.norm", "transformer.layers.1.0.norm"]
+    attention = ["attention-rollout", "grad-rollout", "legrad"]
+    together = g3d.explain(vit, volume, method=list(CAM_METHODS) + attention, layer=layers, device="cpu",
+                           threshold=None)
     handle.remove()
-    assert len(calls) == 2
+    assert len(calls) == 1
+    cams = g3d.explain(vit, volume, method=list(CAM_METHODS), layer=layers, device="cpu", threshold=None)
+    alone = g3d.explain(vit, volume, method=attention, device="cpu", threshold=None)
+    for key, exp in cams.items():
+        np.testing.assert_allclose(together[key].token_map, exp.token_map, atol=1e-5)
+    for method, exp in alone.items():
+        np.testing.assert_allclose(together[(method, METHOD_LAYERS[method])].token_map, exp.token_map, atol=1e-5)
 
 
 def test_auto_is_the_default_and_records_every_candidate(vit, volume):

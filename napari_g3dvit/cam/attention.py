@@ -45,7 +45,7 @@ class AttentionResult(MethodResult):
     (before ReLU, min-max and threshold), ``logits`` [B, K], ``targets`` [B]."""
 
 
-class _AttentionRecorder:
+class AttentionRecorder:
     """Forward hooks that keep each block's attention probabilities, in block order."""
 
     def __init__(self, modules: list[nn.Module], expected: tuple[int, int], make_leaf: bool):
@@ -206,59 +206,29 @@ def attention_scores(
     ``autograd.grad`` from the summed target logits to the attention maps. Returns
     ``{method: AttentionResult}`` in the order asked.
     """
+    from .engine import run_capture
+
     chosen = _requested(methods)
     needs_grad = any(m in GRADIENT_METHODS for m in chosen)
-    geometry = adapter.geometry
-    modules = adapter.attention_probability_modules()
-    recorder = None
-    try:
-        with adapter.explicit_attention():
-            recorder = _AttentionRecorder(modules, (inputs.shape[0], geometry.num_tokens), needs_grad)
-            with torch.set_grad_enabled(needs_grad):
-                output = adapter.model(inputs)
-                logits = adapter.logits(output)
-                if logits.ndim == 1:
-                    logits = logits[:, None]
-                missing = [i for i, probs in enumerate(recorder.maps) if probs is None]
-                if missing:
-                    raise ModelError(
-                        f"block {missing[0]}'s attention probabilities were not seen in the forward "
-                        "pass (a fused attention kernel?), so attention-based methods cannot run"
-                    )
-                targets = resolve_targets(logits.detach(), targets)
-                maps = list(recorder.maps)
-                grads = None
-                if needs_grad:
-                    score = target_logits(logits, targets).sum()
-                    if not score.requires_grad:
-                        raise ModelError("the class score does not depend on the ViT's attention maps")
-                    grads = torch.autograd.grad(score, maps, allow_unused=True)
-                    grads = [torch.zeros_like(m) if g is None else g for m, g in zip(maps, grads)]
-    finally:
-        if recorder is not None:
-            recorder.remove()
+    capture = run_capture(adapter, inputs, {}, targets, attention=True, attention_grads=needs_grad)
+    maps, grads, logits, targets = capture.attention, capture.attention_grads, capture.logits, capture.targets
+    logits, targets = logits.detach(), targets.detach()
+    return {method: AttentionResult(scores=scores, logits=logits, targets=targets)
+            for method, scores in method_scores(adapter, maps, grads, chosen).items()}
+
+
+def method_scores(adapter, maps: list[Tensor], grads: list[Tensor] | None, methods: Sequence[str]) -> dict:
+    """Raw patch-token scores [B, N] of each attention method from every block's attention
+    probabilities ``maps`` (and their gradients ``grads``), each [B, heads, T, T]."""
     maps = [m.detach() for m in maps]
-    logits = logits.detach()
-    targets = targets.detach()
-    tokens, num_patches = maps[0].shape[-1], geometry.num_patches
+    tokens, num_patches = maps[0].shape[-1], adapter.geometry.num_patches
     readout = _readout_weights(adapter, tokens, torch.float64, maps[0].device)
-    results = {}
-    for method in chosen:
+    found = {}
+    for method in methods:
         if method == "attention-rollout":
-            scores = attention_rollout(maps, readout, num_patches)
+            found[method] = attention_rollout(maps, readout, num_patches)
         elif method == "grad-rollout":
-            scores = gradient_rollout(maps, grads, readout, num_patches)
+            found[method] = gradient_rollout(maps, grads, readout, num_patches)
         else:
-            scores = legrad(grads, num_patches)
-        results[method] = AttentionResult(scores=scores, logits=logits, targets=targets)
-    return results
-
-
-def attention_pass(batch, methods: list[str]) -> list:
-    """The attention family's pass (``explaining.PassInput`` in): one forward (and one backward
-    when a gradient method is asked for) for every attention method."""
-    from ..explaining import MapPart
-    from ..registry import METHOD_LAYERS
-
-    found = attention_scores(batch.adapter, batch.inputs, methods, batch.targets)
-    return [MapPart(m, METHOD_LAYERS[m], r.scores, r.logits, r.targets) for m, r in found.items()]
+            found[method] = legrad(grads, num_patches)
+    return found

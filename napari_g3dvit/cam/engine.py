@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import threading
 import weakref
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -30,12 +30,16 @@ class Capture:
     targets:     [B] class whose raw logit was back-propagated.
     activations: layer name -> [B, T, C] output of that layer (T = prefix + patches, or patches).
     gradients:   layer name -> [B, T, C] d score / d activation.
+    attention:   every block's attention probabilities [B, heads, T, T] (when asked for).
+    attention_grads: their gradients (when asked for), else None.
     """
 
     logits: torch.Tensor
     targets: torch.Tensor
     activations: dict[str, torch.Tensor]
     gradients: dict[str, torch.Tensor]
+    attention: list = field(default_factory=list)
+    attention_grads: list | None = None
 
 
 _model_locks: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
@@ -111,7 +115,7 @@ class _LayerRecorder:
                 )
             if name in self.outputs:
                 raise LayerError(f"layer {name!r} runs more than once per forward pass")
-            if not self.outputs:  # the first hooked layer to run: the graph starts here
+            if not output.requires_grad:  # the first hooked tensor to run: the graph starts here
                 output = output.detach().requires_grad_(True)
             self.outputs[name] = output
             return output
@@ -128,56 +132,87 @@ def run_capture(
     inputs: torch.Tensor,
     layers: dict[str, nn.Module],
     targets: torch.Tensor | None,
+    attention: bool = False,
+    attention_grads: bool = False,
 ) -> Capture:
-    """One forward of ``adapter.model`` and one backward stopped at ``layers``.
+    """One forward of ``adapter.model`` and one backward stopped at what is asked for.
 
-    inputs:  [B, C, frames, H, W] on the run's device (the model must already be prepared).
-    targets: [B] class per input, or None for each input's predicted class.
+    inputs:    [B, C, frames, H, W] on the run's device (the model must already be prepared).
+    targets:   [B] class per input, or None for each input's predicted class.
+    layers:    layers whose activations and gradients are kept (the CAM methods).
+    attention: also keep every block's attention probabilities [B, heads, T, T]; with
+               ``attention_grads`` their gradients too. The CAM layers and the attention maps
+               share the one forward and the one backward; the graph starts at whichever of
+               them runs first.
     """
     geometry = adapter.geometry
-    recorder = _LayerRecorder(layers, inputs.shape[0], geometry.num_tokens, geometry.num_patches)
-    fast = adapter.supports_cls_fast_path(list(layers.values()))
-    try:
-        with torch.enable_grad():
-            if fast:
-                with adapter.cls_fast_path():
-                    output = adapter.model(inputs)
-            else:
-                output = adapter.model(inputs)
-            logits = adapter.logits(output)
-            if logits.ndim == 1:
-                logits = logits[:, None]
+    names = list(layers)
+    with ExitStack() as stack:
+        recorder = _LayerRecorder(layers, inputs.shape[0], geometry.num_tokens, geometry.num_patches)
+        stack.callback(recorder.remove)
+        maps_recorder = None
+        if attention:
+            from .attention import AttentionRecorder
+
+            stack.enter_context(adapter.explicit_attention())
+            maps_recorder = AttentionRecorder(adapter.attention_probability_modules(),
+                                              (inputs.shape[0], geometry.num_tokens), attention_grads)
+            stack.callback(maps_recorder.remove)
+        # the CLS fast path computes the last block's attention for one query: not with attention
+        fast = not attention and adapter.supports_cls_fast_path(list(layers.values()))
+        with torch.set_grad_enabled(bool(names) or attention_grads):
+            logits = adapter.forward(inputs, fast=fast)
             missing = [name for name in layers if name not in recorder.outputs]
             if missing:
                 raise LayerError(
                     f"layer {missing[0]!r} did not run when the model was called; pick a layer "
                     "from napari_g3dvit.token_layers(model)"
                 )
+            maps = []
+            if maps_recorder is not None:
+                absent = [i for i, probs in enumerate(maps_recorder.maps) if probs is None]
+                if absent:
+                    raise ModelError(
+                        f"block {absent[0]}'s attention probabilities were not seen in the forward "
+                        "pass (a fused attention kernel?), so attention-based methods cannot run"
+                    )
+                maps = list(maps_recorder.maps)
             targets = resolve_targets(logits.detach(), targets)
-            score = target_logits(logits, targets).sum()
-            names = list(layers)
-            if not score.requires_grad:
-                raise LayerError(
-                    f"the score does not depend on layer {names[0]!r}; pick a layer inside the ViT "
-                    "that the class score is computed from"
-                )
-            grads = torch.autograd.grad(
-                score, [recorder.outputs[n] for n in names], allow_unused=True
-            )
-    finally:
-        recorder.remove()
-    gradients = {}
-    for name, grad in zip(names, grads):
-        patch_grads = None if grad is None else grad[:, grad.shape[1] - geometry.num_patches :]
-        if patch_grads is None or not bool(patch_grads.any()):
-            raise LayerError(_zero_gradient_reason(name, grad, adapter.default_layer))
-        gradients[name] = grad
+            wanted = [recorder.outputs[n] for n in names] + (maps if attention_grads else [])
+            grads = []
+            if wanted:
+                score = target_logits(logits, targets).sum()
+                if not score.requires_grad:
+                    if names:
+                        raise LayerError(
+                            f"the score does not depend on layer {names[0]!r}; pick a layer inside the ViT "
+                            "that the class score is computed from"
+                        )
+                    raise ModelError("the class score does not depend on the ViT's attention maps")
+                grads = list(torch.autograd.grad(score, wanted, allow_unused=True))
+    gradients = layer_gradients(adapter, names, grads[: len(names)])
+    map_grads = None
+    if attention_grads:
+        map_grads = [torch.zeros_like(m) if g is None else g for m, g in zip(maps, grads[len(names):])]
     return Capture(
         logits=logits.detach(),
         targets=targets.detach(),
         activations={n: recorder.outputs[n].detach() for n in names},
         gradients=gradients,
+        attention=[m.detach() for m in maps],
+        attention_grads=map_grads,
     )
+
+
+def layer_gradients(adapter, names: list[str], grads) -> dict[str, torch.Tensor]:
+    """{name: gradient [B, T, C]}; LayerError when a layer's patch tokens got no gradient."""
+    gradients = {}
+    for name, grad in zip(names, grads):
+        patch_grads = None if grad is None else grad[:, grad.shape[1] - adapter.geometry.num_patches :]
+        if patch_grads is None or not bool(patch_grads.any()):
+            raise LayerError(_zero_gradient_reason(name, grad, adapter.default_layer))
+        gradients[name] = grad
+    return gradients
 
 
 def _zero_gradient_reason(name: str, grad: torch.Tensor | None, default_layer: str) -> str:

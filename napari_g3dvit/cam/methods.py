@@ -115,14 +115,25 @@ TOKEN_SCORES: dict[str, Callable[..., Tensor]] = {
 assert tuple(TOKEN_SCORES) == CAM_METHODS, "options.CAM_METHODS and the method registry disagree"
 
 
-def cam_pass(batch, methods: list[str]) -> list:
-    """The CAM family's pass (``explaining.PassInput`` in): one forward and one backward stopped
-    at the hooked layers serve every CAM method at every layer."""
+def gradient_pass(batch, methods: list[str]) -> list:
+    """The pass the CAM and the attention methods share (``explaining.PassInput`` in): one
+    forward and one backward serve every CAM method at every hooked layer and every attention
+    method; the backward reaches the attention maps only when a gradient method asks for them."""
     from ..explaining import MapPart
+    from ..registry import ATTENTION_METHODS, METHOD_LAYERS
+    from .attention import GRADIENT_METHODS, method_scores
     from .engine import run_capture
 
-    capture = run_capture(batch.adapter, batch.inputs, batch.layers, batch.targets)
+    cam = [m for m in methods if m in TOKEN_SCORES]
+    attention = [m for m in methods if m in ATTENTION_METHODS]
+    layers = batch.layers if cam else {}
+    capture = run_capture(batch.adapter, batch.inputs, layers, batch.targets, attention=bool(attention),
+                          attention_grads=any(m in GRADIENT_METHODS for m in attention))
     num = batch.adapter.geometry.num_patches
-    return [MapPart(m, name, TOKEN_SCORES[m](capture.activations[name], capture.gradients[name], num,
-                                            batch.settings.pooling), capture.logits, capture.targets)
-            for m in methods for name in batch.layers]
+    parts = [MapPart(m, name, TOKEN_SCORES[m](capture.activations[name], capture.gradients[name], num,
+                                              batch.settings.pooling), capture.logits, capture.targets)
+             for m in cam for name in layers]
+    if attention:
+        found = method_scores(batch.adapter, capture.attention, capture.attention_grads, attention)
+        parts += [MapPart(m, METHOD_LAYERS[m], found[m], capture.logits, capture.targets) for m in attention]
+    return parts
