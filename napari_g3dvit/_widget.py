@@ -62,12 +62,13 @@ TOOLTIPS = {
     "hook_layer": "The layer whose activations and gradients make the map (default: the last "
                   "block's attention-input LayerNorm).",
     "method": "How the map is made (see README, Methods). auto: every candidate is scored on this volume "
-              "by how far the class probability falls when its hottest tokens are removed, and the most "
-              "faithful one is used; the scores are in the result's tooltip.",
-    "baseline": "What removed voxels become for occlusion, and where integrated gradients start (model "
-                "input space): the volume's mean, zero, or a blurred copy. Default: the mean for occlusion, "
-                "a blurred copy for integrated gradients on vit-pytorch models.",
-    "pooling": "How G3D-ViT pools each token's gradients over channels (g3dvit only).",
+              "by how much of the class probability its hottest tokens keep on their own minus what is left "
+              "without them, and the most faithful one is used; the scores are in the result's tooltip.",
+    "baseline": SETTINGS["baseline"].help + ".",
+    "pooling": SETTINGS["pooling"].help + ".",
+    "steps": SETTINGS["steps"].help + ".",
+    "occlusion": SETTINGS["occlusion"].help + ".",
+    "relevance_block": SETTINGS["relevance_block"].help + ".",
     "target": "The class the map explains: the model's prediction, or a class you name.",
     "threshold": "Keep this percentage of the hottest tokens (5 as published; 100 keeps all).",
     "upsample": "From the token grid to voxels: trilinear, or nearest (each token fills its patch).",

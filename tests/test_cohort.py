@@ -143,7 +143,8 @@ def test_participant_and_group_levels_on_a_local_cluster(tmp_path, cluster):
     source = bids / "sub-01/ses-1/func/sub-01_ses-1_task-motor_run-1_bold.nii.gz"
     series = np.moveaxis(nib.load(source).get_fdata(dtype=np.float32), -1, 0)
     region = labels_on_grid(labels, fine, (12, 8, 16), AFFINE)
-    expected = time_courses(g3d.explain(g3d.load_model(model), series), region, tr=2.0, events=events)
+    expected = time_courses(g3d.explain(g3d.load_model(model), series, method="g3dvit"), region, tr=2.0,
+                            events=events)
     table = read_course(out / "sub-01/ses-1/func/sub-01_ses-1_task-motor_run-1_desc-g3dvit_timeseries.tsv")
     np.testing.assert_allclose(np.asarray(table["heat_in_region"], float), expected.heat, atol=1e-5)
     np.testing.assert_allclose(np.asarray(table["probability"], float), expected.probability, atol=1e-5)
@@ -168,8 +169,8 @@ def test_a_rerun_skips_complete_outputs_and_overwrite_redoes_them(tmp_path, clus
     bids = write_bids(tmp_path / "bids", subjects=("01", "02"))
     out = tmp_path / "out"
     args = ["bids", str(bids), str(out), "participant", "--model", str(model), "--scheduler", address, "--quiet"]
-    assert main(args) == 0
-    sidecar = out / "sub-01/ses-1/func/sub-01_ses-1_task-motor_run-1_desc-g3dvit_heatmap.json"
+    assert main(args) == 0  # auto by default
+    sidecar = out / "sub-01/ses-1/func/sub-01_ses-1_task-motor_run-1_desc-auto_heatmap.json"
     first = sidecar.stat().st_mtime_ns
     assert main(args) == 0
     assert sidecar.stat().st_mtime_ns == first  # same settings and model: skipped
@@ -255,7 +256,7 @@ def test_corrupt_and_foreign_inputs_are_recorded_and_the_run_goes_on(tmp_path, c
     (folder / "notes.nii.gz").write_text("not an image")
     out = tmp_path / "out"
     code = main(["batch", str(folder / "*.nii.gz"), "--out", str(out), "--model", str(model),
-                 "--scheduler", address, "--quiet"])
+                 "--scheduler", address, "--method", "g3dvit", "--quiet"])
     assert code == 1  # not every input was done
     assert (out / "good_desc-g3dvit_heatmap.nii.gz").is_file()
     errors = {p.name: json.loads(p.read_text())["error"] for p in (out / "logs").glob("*_error.json")}
@@ -271,7 +272,7 @@ def test_corrupt_and_foreign_inputs_are_recorded_and_the_run_goes_on(tmp_path, c
     for name in ("wrong_size", "flat", "notes"):
         (folder / f"{name}.nii.gz").unlink()
     assert main(["batch", str(folder / "*.nii.gz"), "--out", str(out), "--model", str(model),
-                 "--workers", "0", "--quiet"]) == 0
+                 "--workers", "0", "--method", "g3dvit", "--quiet"]) == 0
     assert (out / "truncated_desc-g3dvit_heatmap.nii.gz").is_file()
     assert not (out / "logs" / "truncated_desc-g3dvit_error.json").exists()
 
@@ -293,7 +294,7 @@ def test_out_of_memory_is_retried_with_smaller_batches(tmp_path):
     hook = loaded.model.register_forward_pre_hook(refuse_big_batches)
     try:
         report = explain_cohort(loose_inputs([str(source)]), tmp_path / "out", model,
-                                Settings(batch_size=8, chunk=8), workers=0, progress=False)
+                                Settings(methods=("g3dvit",), batch_size=8, chunk=8), workers=0, progress=False)
     finally:
         hook.remove()
     assert report.ok
@@ -313,13 +314,16 @@ def test_batch_names_and_bad_options(tmp_path, capsys):
     assert (tmp_path / "out" / "scan_desc-gradcamelementwise_heatmap.nii.gz").is_file()
     auto = json.loads((tmp_path / "out" / "scan_desc-auto_heatmap.json").read_text())
     assert auto["auto"]["chosen"] and auto["method_used"] != "auto"
-    # without --method: what the model's config recommends (what the widget preselects)
-    config = {**CONFIG, "recommended_explanation": {"method": "hirescam", "layer": "vit.transformer.layers.0.0.norm"}}
+    # without --method: auto and the target the model's config recommends (what the widget preselects)
+    config = {**CONFIG, "recommended_explanation": {"method": "hirescam", "layer": "vit.transformer.layers.0.0.norm",
+                                                    "target": CONFIG["class_names"][2]}}
     g3d.save_model(ViTClassifier(make_vit(), None, config), tmp_path / "rec.safetensors", config)
-    assert main(["batch", str(a), "--out", str(tmp_path / "out"), "--model", str(tmp_path / "rec.safetensors"),
+    assert main(["batch", str(a), "--out", str(tmp_path / "rec"), "--model", str(tmp_path / "rec.safetensors"),
                  "--workers", "0", "--quiet"]) == 0
-    recommended = json.loads((tmp_path / "out" / "scan_desc-hirescam_heatmap.json").read_text())
-    assert recommended["layer_used"] == "vit.transformer.layers.0.0.norm"
+    recommended = json.loads((tmp_path / "rec" / "scan_desc-auto_heatmap.json").read_text())
+    assert recommended["settings"]["target"] == 2 and recommended["explained_class"] == [2]
+    assert any(label.startswith("hirescam @ vit.transformer.layers.0.0.norm")
+               for label in recommended["auto"]["scores"])  # the recommended method is one of the candidates
     assert main(["batch", str(tmp_path / "*" / "scan.nii.gz"), "--out", str(tmp_path / "o2"), "--model",
                  str(model), "--workers", "0"]) == 2
     assert "would write the same outputs" in capsys.readouterr().err

@@ -296,7 +296,7 @@ def test_a_head_that_blocks_the_gradient_is_named_as_such(volume):
     with torch.no_grad():
         model.head[0].bias.fill_(-1000.0)  # the ReLU after it sees only negative inputs
     with pytest.raises(g3d.LayerError) as info:
-        g3d.explain(model, volume, device="cpu")
+        g3d.explain(model, volume, method="g3dvit", device="cpu")
     message = str(info.value)
     assert "zero for every token, the CLS token included" in message and "another layer will not help" in message
     assert "(the default)" not in message

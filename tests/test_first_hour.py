@@ -126,7 +126,7 @@ def test_model_gets_exactly_the_array_its_config_names(make_napari_viewer, qtbot
     np.testing.assert_array_equal(seen[-1][0, 0].numpy(), expected)
     assert f"model gets {codes if wanted == 'stored' else 'LAS'}" in widget.model_orientation.value
     # the map comes back on the layer's (RAS) voxels: the same as explaining the expected array
-    direct = g3d.explain(widget.model, expected, device="cpu")
+    direct = g3d.explain(widget.model, expected, method="g3dvit", device="cpu")
     from napari_g3dvit.orientation import reorientation_for
 
     back = reorientation_for("RAS", None, "LAS" if wanted == "LAS" else codes).to_volume(direct.heatmap)

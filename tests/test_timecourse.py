@@ -276,8 +276,8 @@ def test_the_fmri_sample_explains_every_timepoint_in_one_click_and_plots_the_cur
     try:
         course = next(w for name, w in viewer.window.dock_widgets.items() if name.startswith("Time course"))
         assert widget.model is not None and widget.timepoints.value == ALL
-        # the measured recommendation in the model's config: HiResCAM at the first block, for "task"
-        assert (widget.method.value, widget.target.value) == ("hirescam", "task")
+        # the defaults: auto, for the class the model's config recommends ("task")
+        assert (widget.method.value, widget.target.value) == ("auto", "task")
         assert course.region.value.name == "activation (ground truth)"
         assert course.message == NO_SERIES
         widget.run()
