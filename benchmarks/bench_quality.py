@@ -102,14 +102,14 @@ def shown(token_map: np.ndarray, patch) -> np.ndarray:
     return tokens_to_voxels(kept, patch, "trilinear")[0].numpy()
 
 
-def evaluate(name: str, n: int) -> list[dict]:
+def evaluate(name: str, n: int, curves: bool = True, sanity: bool = True) -> list[dict]:
     model = g3d.load_model(model_path(name))
     adapter = find_adapter(model)
     patch = adapter.geometry.patch_size
     volumes, labels, masks, brain = held_out(name, n)
     baseline = BASELINE[RECIPES[name].kind]
     predict = M.model_predictor(model)
-    randomised = M.cascade_randomized(model, seed=1)[-1][1]
+    randomised = M.cascade_randomized(model, seed=1)[-1][1] if sanity else None
     accuracy = float((predict(volumes).argmax(1) == labels).mean())
     if RECIPES[name].kind == "fmri":  # per timepoint, over the whole held-out run
         run = held_out_run(name)
@@ -161,7 +161,7 @@ def evaluate(name: str, n: int) -> list[dict]:
     for i, (volume, label, mask) in enumerate(zip(volumes, labels, masks)):
         token_maps, seconds, chosen = all_maps(model, volume, label)
         choices[chosen] = choices.get(chosen, 0) + 1
-        random_maps = all_maps(randomised, volume, label, cheap=True)[0]
+        random_maps = all_maps(randomised, volume, label, cheap=True)[0] if sanity else {}
         reference = token_maps[reference_key]
         grid = next(iter(token_maps.values())).shape
         token_maps["random map"] = M.random_token_map(grid, seed=i)
@@ -176,7 +176,7 @@ def evaluate(name: str, n: int) -> list[dict]:
             r["point"].append(M.pointing_game(heat, mask))
             r["iou"].append(M.topk_iou(heat, mask, 5.0, patch=patch))
             r["gain"].append(gains[key])
-            for key_, mode in (("del", "deletion"), ("ins", "insertion")):
+            for key_, mode in (("del", "deletion"), ("ins", "insertion")) if curves else ():
                 curve = M.perturbation_curve(predict, volume, full, int(label), mode, baseline=baseline, patch=patch)
                 r[key_].append(curve[2])
             if key in seconds:
@@ -223,8 +223,11 @@ def table(name: str, rows: list[dict], n: int) -> str:
         head = head.replace("| sanity", "| mass in brain | sanity")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        cells = [r["method"], f"{r['mass']:.3f}", f"{r['point']:.2f}", f"{r['iou']:.3f}", f"{r['del']:.3f}",
-                 f"{r['ins']:.3f}", f"{r['gain']:+.3f}"]
+        def cell(value, form: str) -> str:
+            return "-" if value is None else format(value, form)
+
+        cells = [r["method"], f"{r['mass']:.3f}", f"{r['point']:.2f}", f"{r['iou']:.3f}", cell(r["del"], ".3f"),
+                 cell(r["ins"], ".3f"), f"{r['gain']:+.3f}"]
         if brain:
             cells.append(f"{r['brain']:.3f}")
         cells.insert(7, "-" if r["rho_occ"] is None else f"{r['rho_occ']:.2f}")
@@ -289,12 +292,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=sorted(RECIPES))
     parser.add_argument("--samples", type=int, default=40)
+    parser.add_argument("--no-curves", action="store_true", help="skip the painted deletion/insertion AUCs")
+    parser.add_argument("--no-sanity", action="store_true", help="skip the randomised-model check")
+    parser.add_argument("--no-time-course", action="store_true", help="skip the fMRI time-course table")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
     for name in args.models:
-        print(table(name, evaluate(name, args.samples), args.samples), end="\n\n", flush=True)
-        if RECIPES[name].kind == "fmri":
+        rows = evaluate(name, args.samples, curves=not args.no_curves, sanity=not args.no_sanity)
+        print(table(name, rows, args.samples), end="\n\n", flush=True)
+        if RECIPES[name].kind == "fmri" and not args.no_time_course:
             print(time_course_table(name), end="\n\n", flush=True)
 
 
