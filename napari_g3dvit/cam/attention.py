@@ -94,7 +94,7 @@ def _readout_weights(adapter, tokens: int, dtype: torch.dtype, device: torch.dev
     A CLS readout reads token 0; vit-pytorch's ``pool='mean'`` averages all T tokens (its CLS
     token included), and a model without prefix tokens can only be pooled over all tokens.
     """
-    mean_pool = adapter.geometry.num_prefix == 0 or getattr(adapter.vit, "pool", "cls") == "mean"
+    mean_pool = adapter.geometry.num_prefix == 0 or adapter.mean_pooled
     if mean_pool:
         return torch.full((tokens,), 1.0 / tokens, dtype=dtype, device=device)
     weights = torch.zeros(tokens, dtype=dtype, device=device)

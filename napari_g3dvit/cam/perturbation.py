@@ -339,21 +339,10 @@ def _measure_strongest(occluder: _Occluder, estimates: Tensor, measure: int) -> 
 
 
 def normalises_raw_patches(adapter) -> bool:
-    """Whether the ViT's patch embedding starts with a LayerNorm over each patch's raw voxels.
-
-    vit-pytorch's 3D ViT does: ``Rearrange`` to patches, then ``LayerNorm(patch_dim)``. Such a
-    model cannot see a patch's offset or (positive) scale, which makes integrated gradients
-    from a constant baseline degenerate (see ``integrated_gradients``).
-    """
-    embedding = getattr(adapter.vit, "to_patch_embedding", None)
-    if not isinstance(embedding, nn.Sequential):
-        return False
-    geometry = adapter.geometry
-    patch_dim = geometry.channels * math.prod(geometry.patch_size)
-    for module in list(embedding)[:2]:
-        if isinstance(module, nn.LayerNorm):
-            return tuple(module.normalized_shape) == (patch_dim,)
-    return False
+    """Whether the ViT's patch embedding normalises each patch's raw voxels (the adapter knows):
+    such a model cannot see a patch's offset or (positive) scale, which makes integrated
+    gradients from a constant baseline degenerate (see ``integrated_gradients``)."""
+    return adapter.normalises_raw_patches
 
 
 @dataclass

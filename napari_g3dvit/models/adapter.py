@@ -127,6 +127,11 @@ class ViTAdapter:
         return module.register_forward_pre_hook(lambda _m, args: (edit(args[0]), *args[1:]))
 
     @property
+    def normalises_raw_patches(self) -> bool:
+        """Whether the patch embedding starts with a LayerNorm over each patch's raw voxels."""
+        return False
+
+    @property
     def mean_pooled(self) -> bool:
         """Whether the readout averages all output tokens (else it reads the CLS token)."""
         return False

@@ -9,6 +9,7 @@ built with it has already imported it.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from contextlib import contextmanager
 from typing import Iterator
@@ -115,6 +116,18 @@ class VitPytorch3D(ViTAdapter):
     @property
     def heads(self) -> int:
         return int(self.vit.transformer.layers[0][0].heads)
+
+    @property
+    def normalises_raw_patches(self) -> bool:
+        """vit-pytorch's 3D ViT: ``Rearrange`` to patches, then ``LayerNorm(patch_dim)``."""
+        embedding = getattr(self.vit, "to_patch_embedding", None)
+        if not isinstance(embedding, nn.Sequential):
+            return False
+        patch_dim = self.geometry.channels * math.prod(self.geometry.patch_size)
+        for module in list(embedding)[:2]:
+            if isinstance(module, nn.LayerNorm):
+                return tuple(module.normalized_shape) == (patch_dim,)
+        return False
 
     @property
     def mean_pooled(self) -> bool:
