@@ -7,7 +7,9 @@ attention methods (one pass), and the CAM methods at the first block's attention
 LayerNorm (one pass). The model config's recommended (method, layer) joins them. Each candidate's token map
 is scored by the relevance gain (``cam.faithfulness``): how much of the target probability the
 map's top tokens keep on their own, minus how much is left without them, with tokens removed
-from the sequence. The best candidate wins.
+from the sequence. Every candidate's insertions and its deletion at the largest count are measured
+first; the two best then get their whole deletion curve, and the better of them wins (a tie
+within ``TIE`` goes to the one listed first, the cheaper).
 
 The choice is made once: later ``auto`` calls on the same model (same weights) and the same
 input shape, target and settings reuse it at the cost of the chosen method alone (``rechoose``
@@ -36,6 +38,9 @@ CHOICE_VOLUMES = 3
 DEFAULT_REMOVAL = "drop"
 #: candidates whose deletion curves are measured in full (the others are out after round one)
 FINALISTS = 2
+#: gains closer than this (in probability) are a tie, which goes to the candidate listed first:
+#: the cheapest (cp-lrp), as a map the criterion cannot tell apart costs no more than it must
+TIE = 0.005
 
 
 @dataclass(frozen=True)
@@ -220,7 +225,9 @@ def choose_method(model: nn.Module, volumes, target=None, device=None, preproces
         curves = relevance_curves(adapter, inputs.to(dev), maps, targets_for(used_targets.numpy(), len(series)).to(dev),
                                   removal=removal, finalists=FINALISTS)
     scores = {label: round(float(c.gain.mean()), 6) for label, c in curves.items()}
-    best = max((label for label, c in curves.items() if c.complete), key=scores.get)
+    finalists = [label for label, c in curves.items() if c.complete]  # in candidate order
+    top = max(scores[label] for label in finalists)
+    best = next(label for label in finalists if scores[label] >= top - TIE)
     chosen = found[best][0]
     return MethodChoice(
         method=chosen.method, layer=chosen.layer if spec(chosen.method).uses_layer else None,

@@ -73,7 +73,9 @@ def test_auto_is_the_default_and_records_every_candidate(vit, volume):
     assert "relevance gain" in auto["criterion"] and auto["removal"] == "drop"
     finalists = [label for label, curve in auto["curves"].items() if curve["finalist"]]
     assert len(finalists) == 2 and auto["chosen"] in finalists  # the two best of round one
-    assert auto["scores"][auto["chosen"]] == max(auto["scores"][label] for label in finalists)
+    best = max(auto["scores"][label] for label in finalists)
+    assert auto["scores"][auto["chosen"]] >= best - 0.005  # a tie goes to the candidate listed first
+    assert auto["chosen"] == next(label for label in finalists if auto["scores"][label] >= best - 0.005)
     assert auto["chosen"].startswith(exp.method)
     for label, curve in auto["curves"].items():  # the gain is insertion minus deletion, as recorded
         assert auto["scores"][label] == pytest.approx(curve["insertion"] - curve["deletion"], abs=1e-5)
