@@ -45,15 +45,11 @@ HELD_OUT_SEED = 20_000
 #: What deleted voxels become: the cubes' background is exactly 0; in the brain the volume's
 #: mean (0.23) is darker than the ventricles (0.35), so it would add evidence, while a 5-voxel
 #: blur pulls them towards the surrounding white matter (0.74).
-BASELINE = {"cube": "zero", "brain": "blur", "fmri": "blur", "lesion": "blur"}
-#: where a model lives: the shipped samples, or benchmarks/models for the held-out lesion model
-#: (``g3dvit train lesion --out benchmarks/models``)
-BENCH_MODELS = Path(__file__).parent / "models"
+BASELINE = {"cube": "zero", "brain": "blur", "fmri": "blur"}
 
 
 def model_path(name: str) -> Path:
-    local = BENCH_MODELS / f"{name}.safetensors"
-    return local if local.is_file() else sample_path(f"{name}.safetensors")
+    return sample_path(f"{name}.safetensors")
 
 
 def held_out_run(name: str):
@@ -69,14 +65,6 @@ def held_out(name: str, n: int):
         run = held_out_run(name)
         task = np.flatnonzero(run.labels == 1)[:n]
         return run.data[task], run.labels[task], np.broadcast_to(run.mask, run.data[task].shape), run.brain
-    if recipe.kind == "lesion":  # volumes that hold a lesion: the ground truth is the lesion
-        from napari_g3dvit.evaluation.brain import mni_anatomy
-        from napari_g3dvit.evaluation.lesion import make_lesions
-
-        anatomy = mni_anatomy()
-        s = make_lesions(anatomy, recipe.task, 2 * n, seed=HELD_OUT_SEED)
-        keep = np.flatnonzero(s.labels == 1)[:n]
-        return s.volumes[keep], s.labels[keep], s.masks[keep], anatomy.brain
     if recipe.kind == "cube":
         from napari_g3dvit.evaluation.synthetic import make_cubes
 

@@ -15,22 +15,21 @@ from pathlib import Path
 import numpy as np
 
 from .fmri import BlockDesign
-from .lesion import LesionTask
 from .synthetic import CubeTask, make_cubes
 
 
-def _vit(shape: tuple[int, int, int], patch: int, classes: int, pool: str = "cls") -> dict:
+def _vit(shape: tuple[int, int, int], patch: int, classes: int) -> dict:
     return {"image_size": [shape[1], shape[2]], "image_patch_size": [patch, patch], "frames": shape[0],
             "frame_patch_size": patch, "num_classes": classes, "dim": 64, "depth": 2, "heads": 4,
-            "dim_head": 16, "mlp_dim": 128, "channels": 1, "pool": pool}
+            "dim_head": 16, "mlp_dim": 128, "channels": 1, "pool": "cls"}
 
 
 @dataclass(frozen=True)
 class Recipe:
     name: str
     description: str
-    kind: str  # "cube", "brain", "fmri" or "lesion"
-    task: CubeTask | BlockDesign | LesionTask | None
+    kind: str  # "cube", "brain" or "fmri"
+    task: CubeTask | BlockDesign | None
     patch: int
     per_epoch: int
     epochs: int
@@ -49,29 +48,24 @@ class Recipe:
     #: the model's per-volume intensity normalisation (config preprocessing.normalize); the
     #: training and validation volumes go through the same one
     normalize: str = "none"
-    #: fMRI: the signal change of the training runs in the first epochs, one value per epoch (a
-    #: curriculum: a fresh ViT finds a strong response, then learns the weak one); later epochs
-    #: and the validation run use the design's own ``signal_change``. Lesions: the lesions'
-    #: contrast per epoch, in the same way.
+    #: fMRI only: the signal change of the training runs in the first epochs, one value per
+    #: epoch (a curriculum: a fresh ViT finds a strong response, then learns the weak one);
+    #: later epochs and the validation run use the design's own ``signal_change``
     signal_schedule: tuple[float, ...] = ()
-    #: the ViT's readout: the CLS token, or the mean of all output tokens
-    pool: str = "cls"
 
     def vit_config(self) -> dict:
         if self.kind == "cube":
             g = self.task.grid
-            return _vit((g, g, g), self.patch, self.task.num_classes, self.pool)
+            return _vit((g, g, g), self.patch, self.task.num_classes)
         from .brain import INPUT_SHAPE
 
-        return _vit(INPUT_SHAPE, self.patch, 2, self.pool)
+        return _vit(INPUT_SHAPE, self.patch, 2)
 
     def class_names(self) -> list[str]:
         if self.kind == "brain":
             return ["typical ventricles", "enlarged ventricles"]
         if self.kind == "fmri":
             return ["rest", "task"]
-        if self.kind == "lesion":
-            return ["no lesion", "lesion"]
         if self.task.task == "value":
             return ["cube of -1", "cube of +1"]
         cells = self.task.grid // self.task.cube
@@ -117,17 +111,6 @@ RECIPES = {
         # for "task"; explained for its predicted class, rest timepoints look at the region too
         # (its silence is their evidence) and the curve is flat (r = -0.08)
         recommended={"layer": "vit.transformer.layers.0.0.norm", "method": "hirescam", "target": "task"}),
-    # Not a shipped sample: the quality benchmark's held-out check of localisation on real
-    # anatomy (g3dvit train lesion --out benchmarks/models). A 9-15 mm bright blob in the white
-    # matter of a 3 mm brain is a part of 2 to 8 of the 441 tokens. Measured on the
-    # way: a dark blob (the T1 look of a chronic lesion) kept the ViT at chance for 250+ steps
-    # (dark voxels are everywhere in a brain); a bright one stayed at chance for 3 epochs when
-    # started from the brain demo's weights at lr 3e-4, with a CLS or a mean readout. From
-    # scratch at lr 1e-3 with a stark contrast first (as the fMRI model's curriculum), it learns.
-    "lesion": Recipe(
-        "lesion", "MNI152 T1 at 3 mm; class 1 holds one bright 9-15 mm lesion-like blob in the white matter",
-        "lesion", LesionTask(radius_mm=(9.0, 15.0)), patch=8, per_epoch=600, epochs=12, batch_size=16, lr=1e-3,
-        stop_at=None, signal_schedule=(1.5, 1.5, 1.2, 1.0, 0.8, 0.6)),
 }
 
 
@@ -143,8 +126,6 @@ def recipe_data(recipe: Recipe):
         return training, (val.volumes, val.labels, val.masks), {"dataset": {"kind": "cube", **recipe.task.as_dict()}}
     if recipe.kind == "fmri":
         return _fmri_data(recipe)
-    if recipe.kind == "lesion":
-        return _lesion_data(recipe)
     from .brain import make_brains, mni_anatomy
 
     anatomy = mni_anatomy()
@@ -156,24 +137,6 @@ def recipe_data(recipe: Recipe):
 
     return training, (val.volumes, val.labels, val.ventricles), {"dataset": {"kind": "brain", "voxel_mm": 3},
                                                                   "anatomy": anatomy}
-
-
-def _lesion_data(recipe: Recipe):
-    """Fresh lesions every epoch at seeds 1, 2, ... (contrast from the schedule); seed 10 000 validates."""
-    from .brain import mni_anatomy
-    from .lesion import make_lesions
-
-    anatomy, task = mni_anatomy(), recipe.task
-    val = make_lesions(anatomy, task, recipe.n_val, seed=10_000)
-
-    def training(epoch: int):
-        schedule = recipe.signal_schedule
-        epoch_task = replace(task, contrast=schedule[epoch]) if epoch < len(schedule) else task
-        s = make_lesions(anatomy, epoch_task, recipe.per_epoch, seed=1 + epoch)
-        return s.volumes, s.labels
-
-    dataset = {"kind": "lesion", **task.as_dict(), "training_contrast_schedule": list(recipe.signal_schedule)}
-    return training, (val.volumes, val.labels, val.masks), {"dataset": dataset, "anatomy": anatomy}
 
 
 def _fmri_data(recipe: Recipe):
@@ -290,9 +253,8 @@ def train_recipe(name: str, out: Path, device: str = "cpu", epochs: int | None =
         _report(name, config)
         return config
     brain = recipe.kind == "brain"
-    anatomical = recipe.kind in ("brain", "lesion")
-    affine = extra["anatomy"].affine if anatomical else np.eye(4)
-    example = int(np.flatnonzero(val_y == 1)[0]) if anatomical else 0  # the brain demos show class 1
+    affine = extra["anatomy"].affine if brain else np.eye(4)
+    example = int(np.flatnonzero(val_y == 1)[0]) if brain else 0  # the brain demo shows class 1
     files = {f"{name}_example.nii.gz": val_x[example],
              f"{name}_example_mask.nii.gz": val_masks[example].astype(np.uint8)}
     if brain:
