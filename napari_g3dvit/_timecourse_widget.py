@@ -15,7 +15,6 @@ region (a Labels layer, painted or replaced).
 from __future__ import annotations
 
 import logging
-import weakref
 from pathlib import Path
 
 import napari
@@ -24,6 +23,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
+from ._closing import when_closed
 from .runner import RESULT_KEY
 from .timecourse import (
     HEAT_PEAK,
@@ -81,6 +81,7 @@ class TimeCourseWidget(QWidget):
         self._default_export: Path | None = None
         self._marker = None
         self._legend = None
+        self._closed = False
 
         self.heat = self._layer_box("heat map", "none", self._series_layers)
         self.region = self._layer_box("region", PEAK, self._labels_layers)
@@ -129,10 +130,8 @@ class TimeCourseWidget(QWidget):
             event.connect(self.reset_choices)
         events.inserted.connect(self._on_inserted)
         napari_viewer.dims.events.current_step.connect(self._on_step)
-        # a deleted dock must not be called by the viewer and layers it outlives; through a weak
-        # reference: a slot holding self would keep it alive for ever
-        this = weakref.ref(self)
-        self.destroyed.connect(lambda *_: this() is not None and this()._stop_following())
+        # a closed dock must not be called by the viewer and layers it outlives
+        when_closed(self, self._on_close)
         self.reset_choices()
         self._on_heat_changed(self.heat.value)
 
@@ -185,6 +184,11 @@ class TimeCourseWidget(QWidget):
                 if emitter is not None:
                     getattr(emitter, method)(self._schedule)
 
+    def _on_close(self) -> None:
+        """The dock or the viewer closed: no event of the viewer or its layers reaches this dock again."""
+        self._closed = True
+        self._stop_following()
+
     def _stop_following(self) -> None:
         events = self._viewer.layers.events
         for event in (events.inserted, events.removed, events.reordered):
@@ -196,7 +200,8 @@ class TimeCourseWidget(QWidget):
         self._layer = self._labels = None
 
     def _schedule(self, _event=None) -> None:
-        self._refresh_later.start()
+        if not self._closed:
+            self._refresh_later.start()
 
     def _on_heat_changed(self, layer) -> None:
         layer = _unwrapped(layer) if layer is not None else None

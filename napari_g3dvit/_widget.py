@@ -26,6 +26,7 @@ from magicgui.widgets import (
     Table,
 )
 
+from ._closing import Workers, when_closed
 from .options import AUTO, BASELINES, CAM_METHODS, DEFAULT_THRESHOLD, METHODS, POOLINGS, UPSAMPLE_MODES
 from .runner import (
     DEFAULT_STEP,
@@ -92,6 +93,7 @@ class ExplainWidget(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self._viewer = napari_viewer
+        self._workers = Workers()  # quit and cut off when the dock or the viewer closes
         self.loaded = None  # runner.LoadedModel shown in the checkpoint field, or None
         self._worker = None  # the explain run in progress
         self._loader = None  # the model load in progress
@@ -147,6 +149,7 @@ class ExplainWidget(Container):
         events = napari_viewer.layers.events
         for event in (events.inserted, events.removed):  # also when not docked through napari
             event.connect(self.reset_choices)
+        when_closed(self.native, self._on_close)
         self.reset_choices()
         self._sync_pooling(self.method.value)
         self._on_volume_changed(self.volume.value)
@@ -257,11 +260,11 @@ class ExplainWidget(Container):
             except Exception as err:  # handed back as a value: a raised RuntimeError would be lost
                 return RunFailure(describe_error(err))
 
-        self._loader = create_worker(load, _ignore_errors=True)
-        self._loader.returned.connect(lambda outcome: self._on_loaded(path, config, outcome))
-        self._loader.errored.connect(lambda err: self._on_loaded(path, config, RunFailure(describe_error(err))))
-        self._loader.finished.connect(self._on_load_finished)
-        self._loader.start()
+        self._loader = self._workers.start(
+            create_worker(load, _ignore_errors=True),
+            returned=lambda outcome: self._on_loaded(path, config, outcome),
+            errored=lambda err: self._on_loaded(path, config, RunFailure(describe_error(err))),
+            finished=self._on_load_finished)
 
     def _on_load_finished(self) -> None:
         self._loader = None
@@ -360,18 +363,15 @@ class ExplainWidget(Container):
         run = ExplainRun(self.loaded, VolumeSource.from_layer(layer), self.settings(), timepoint=timepoint,
                          step=self.batch_size.value)
         run.warn_if_orientation_unknown()
-        worker = create_worker(run.steps, _ignore_errors=True)
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(self._on_outcome)
-        worker.errored.connect(lambda err: self._show_error(describe_error(err, run.settings["device"])))
-        worker.aborted.connect(self._on_aborted)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        self._sync_buttons()
         self.progress.value = 0
         self.result.value = "explaining" + (f" timepoint {timepoint}..." if timepoint is not None else "...")
-        worker.start()
-        return worker
+        self._worker = self._workers.start(
+            create_worker(run.steps, _ignore_errors=True),
+            yielded=self._on_progress, returned=self._on_outcome,
+            errored=lambda err: self._show_error(describe_error(err, run.settings["device"])),
+            aborted=self._on_aborted, finished=self._on_finished)
+        self._sync_buttons()
+        return self._worker
 
     def wait(self, poll: float = 0.02) -> None:
         """Process Qt events until the current load and run have finished (scripts, benchmarks)."""
@@ -382,6 +382,14 @@ class ExplainWidget(Container):
         while self._worker is not None or self._loader is not None:
             QApplication.processEvents()
             time.sleep(poll)
+
+    def _on_close(self) -> None:
+        """The dock or the viewer closed: stop the workers; no slot of this widget runs again."""
+        self._workers.stop()
+        self._loader = self._worker = self._pending_load = None
+        events = self._viewer.layers.events
+        for event in (events.inserted, events.removed):
+            event.disconnect(self.reset_choices)
 
     def cancel(self, _value=None) -> None:
         if self._worker is not None:
