@@ -116,6 +116,9 @@ def _cohort_options(parser: argparse.ArgumentParser, methods: list[str]) -> None
     parser.add_argument("--upsample", default="trilinear", choices=UPSAMPLE_MODES)
     parser.add_argument("--baseline", choices=BASELINES, help="occlusion / integrated gradients baseline")
     parser.add_argument("--atlas", metavar="LABELS", help="a label volume: heat per label into each sidecar and a TSV")
+    parser.add_argument("--atlas-names", metavar="TABLE",
+                        help="names of the atlas' labels: a BIDS dseg.tsv, a FreeSurfer colour LUT or an FSL atlas "
+                             "XML (default: one found beside the atlas)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, metavar="N",
                        help="local worker processes (default: one per CPU core; 0: no Dask, in this process)")
@@ -145,6 +148,9 @@ def _run_cohort(args: argparse.Namespace, inputs, bids_dir=None) -> int:
     if not args.model:
         print("g3dvit: error: --model is required to explain", file=sys.stderr)
         return 2
+    if args.atlas_names and not args.atlas:
+        print("g3dvit: error: --atlas-names names the labels of an --atlas; give the atlas too", file=sys.stderr)
+        return 2
     methods, layer = args.method, args.layer
     if not methods:  # what the widget would preselect for this model
         recommended = _recommended(Path(args.model), args.config)
@@ -153,7 +159,8 @@ def _run_cohort(args: argparse.Namespace, inputs, bids_dir=None) -> int:
     settings = Settings(methods=tuple(dict.fromkeys(methods)), layer=layer, pooling=args.pooling,
                         threshold=args.threshold, upsample=args.upsample,
                         target=args.target, baseline=args.baseline, device=args.device,
-                        batch_size=args.batch_size, chunk=args.chunk, atlas=args.atlas)
+                        batch_size=args.batch_size, chunk=args.chunk, atlas=args.atlas,
+                        atlas_names=args.atlas_names)
 
     def started(client) -> None:
         link = getattr(client, "dashboard_link", None)
