@@ -27,7 +27,13 @@ from magicgui.widgets import (
 )
 
 from ._closing import Workers, when_closed
+from ._sections import InspectSections
+from .heatstyle import follow_ndisplay, show_legend
+from .readout import install as install_readout
 from .options import AUTO, BASELINES, CAM_METHODS, DEFAULT_THRESHOLD, METHODS, POOLINGS, UPSAMPLE_MODES
+from .labelnames import names_of_layer
+from .outputs import safe_name, user_folder
+from .records import heat_facts, labels_facts
 from .runner import (
     DEFAULT_STEP,
     MODEL_KEY,
@@ -135,6 +141,11 @@ class ExplainWidget(Container):
         for name, tip in TOOLTIPS.items():
             getattr(self, name).tooltip = tip
         self._wrap_labels()
+        # label names, peaks, go-to and saved views (see _sections.py)
+        self.inspect = InspectSections(self)
+        self.inspect.label = ""
+        self.inspect.tooltip = "Label names, the peak table, go to a point in mm, and views saved to a file."
+        self.append(self.inspect)
 
         self.volume.changed.connect(self._on_volume_changed)
         self.checkpoint.changed.connect(self._on_checkpoint_changed)
@@ -150,6 +161,8 @@ class ExplainWidget(Container):
         for event in (events.inserted, events.removed):  # also when not docked through napari
             event.connect(self.reset_choices)
         when_closed(self.native, self._on_close)
+        follow_ndisplay(napari_viewer)  # heat as a stat map in 2D, additive MIP in 3D
+        install_readout(napari_viewer)  # mm, label names and heat under the cursor in the status bar
         self.reset_choices()
         self._sync_pooling(self.method.value)
         self._on_volume_changed(self.volume.value)
@@ -424,10 +437,11 @@ class ExplainWidget(Container):
             out.contrast_limits = outcome.contrast_limits
             out.name = outcome.name
         else:
-            out = self._viewer.add_image(outcome.data, **outcome.layer_kwargs())
+            out = self._viewer.add_image(outcome.data, **outcome.layer_kwargs(self._viewer.dims.ndisplay))
         # napari hands plugins a proxy of the viewer, and each access wraps a layer anew: keep the
         # layer itself, so the same layer compares as the same object run after run
         self.last_layer = getattr(out, "__wrapped__", out)
+        show_legend(self._viewer, self.last_layer)  # napari's colorbar, and what it shows
         self.result.value = outcome.summary
         self.result.tooltip = f"heatmap layer: {out.name}" + outcome.details()
         self.last_error = ""
@@ -453,7 +467,7 @@ class ExplainWidget(Container):
             heat = heat[self._current_timepoint(heat_layer)]
         try:
             rows = region_rows(heat, spatial_matrix(data_to_world_matrix(heat_layer)), np.asarray(labels.data),
-                               spatial_matrix(data_to_world_matrix(labels)))
+                               spatial_matrix(data_to_world_matrix(labels)), names=names_of_layer(labels))
         except ValueError as err:
             self._show_error(str(err))
             return []
@@ -465,10 +479,14 @@ class ExplainWidget(Container):
         self.region_table.visible = True
         self.region_table.native.resizeColumnsToContents()
         self.export_button.enabled = bool(rows)
-        source = (heat_layer.metadata.get("nifti") or {}).get("path")
-        if source and Path(self.csv_path.value) == Path.home() / "regions.csv":  # beside the data
-            volume = heat_layer.metadata.get(RESULT_KEY, {}).get("volume", "heatmap")
-            self.csv_path.value = Path(source).with_name(f"{volume}_regions.csv")
+        record = heat_layer.metadata.get(RESULT_KEY, {})
+        self._regions_about = {**heat_facts(record, heat_layer.name), **labels_facts(labels.name, labels.metadata)}
+        if heat_layer.ndim == 4:
+            self._regions_about["timepoint"] = str(self._current_timepoint(heat_layer))
+        if Path(self.csv_path.value) in (Path.home() / "regions.csv", getattr(self, "_csv_default", None)):
+            source = (heat_layer.metadata.get("nifti") or {}).get("path")  # beside the data, never in the package
+            self._csv_default = user_folder(source) / f"{safe_name(record.get('volume', 'heatmap'))}_regions.csv"
+            self.csv_path.value = self._csv_default
         self.result.value = f"{len(rows)} labels of '{labels.name}' on the heatmap of '{heat_layer.name}'"
         return rows
 
@@ -480,7 +498,7 @@ class ExplainWidget(Container):
             return None
         target = Path(self.csv_path.value).expanduser().resolve()
         try:
-            path = write_csv(self._region_rows, target)
+            path = write_csv(self._region_rows, target, about=getattr(self, "_regions_about", None))
         except OSError as err:
             self._show_error(f"could not write {target}: {err.strerror or err}")
             return None
