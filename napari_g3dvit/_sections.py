@@ -32,6 +32,13 @@ TOOLTIPS = {
 }
 
 
+def _row(label: str, *widgets) -> Container:
+    """Widgets side by side on one labelled row."""
+    row = Container(widgets=list(widgets), layout="horizontal", labels=False, label=label)
+    row.margins = (0, 0, 0, 0)
+    return row
+
+
 class InspectSections(Container):
     """Label names, peaks, go-to and views, as rows of the Explain dock."""
 
@@ -42,7 +49,7 @@ class InspectSections(Container):
         self._peaks_default: Path | None = None
         self._peaks_about: dict = {}
         self.names_file = FileEdit(label="label names", mode="r", filter="*.tsv *.txt *.xml *.ctab")
-        self.names_button = PushButton(text="Attach names to the regions layer")
+        self.names_button = PushButton(text="Attach names")
         self.peaks_button = PushButton(text="Peaks")
         self.peak_table = Table(value=[], visible=False)
         self.peaks_path = FileEdit(label="peaks to", mode="w", filter="*.csv *.tsv", value=Path.home() / "peaks.csv")
@@ -51,9 +58,10 @@ class InspectSections(Container):
         self.view_path = FileEdit(label="view file", mode="w", filter="*.json", value=Path.home() / "view.json")
         self.save_view_button = PushButton(text="Save view")
         self.open_view_button = PushButton(text="Open view")
-        self.extend([self.names_file, self.names_button, self.peaks_button, self.peak_table, self.peaks_path,
-                     self.export_peaks_button, self.go_to, self.view_path, self.save_view_button,
-                     self.open_view_button])
+        # compact rows: the dock stays short enough to share a column with the Time course dock
+        self.extend([_row("label names", self.names_file, self.names_button),
+                     _row("peaks", self.peaks_button, self.export_peaks_button), self.peak_table, self.peaks_path,
+                     self.go_to, self.view_path, _row("view", self.save_view_button, self.open_view_button)])
         for name, tip in TOOLTIPS.items():
             getattr(self, name).tooltip = tip
         self.go_to.native.setPlaceholderText("x, y, z")

@@ -15,6 +15,7 @@ from typing import Any
 import napari
 import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FileEdit,
@@ -145,7 +146,10 @@ class ExplainWidget(Container):
         self.inspect = InspectSections(self)
         self.inspect.label = ""
         self.inspect.tooltip = "Label names, the peak table, go to a point in mm, and views saved to a file."
-        self.append(self.inspect)
+        self.show_inspect = CheckBox(text="names, peaks, go to, views", value=True, label="inspect")
+        self.show_inspect.tooltip = "Show or hide the rows below (hidden, the dock is shorter)."
+        self.show_inspect.changed.connect(lambda shown: setattr(self.inspect, "visible", bool(shown)))
+        self.extend([self.show_inspect, self.inspect])
 
         self.volume.changed.connect(self._on_volume_changed)
         self.checkpoint.changed.connect(self._on_checkpoint_changed)

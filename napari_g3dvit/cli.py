@@ -60,6 +60,7 @@ def open_sample_viewer(sample: str, explain: bool = False, show: bool = True):
         from ._widget import ALL
 
         widget.timepoints.value = ALL
+        widget.show_inspect.value = False  # a shorter Explain dock leaves the Time course dock room
         _, course = viewer.window.add_plugin_dock_widget("napari-g3dvit", "Time course")
         labels = [layer for layer in viewer.layers if isinstance(layer, napari.layers.Labels)]
         if labels:
