@@ -146,7 +146,7 @@ class ExplainWidget(Container):
         self.inspect = InspectSections(self)
         self.inspect.label = ""
         self.inspect.tooltip = "Label names, the peak table, go to a point in mm, and views saved to a file."
-        self.show_inspect = CheckBox(text="names, peaks, go to, views", value=True, label="inspect")
+        self.show_inspect = CheckBox(text="show names, peaks, go to, views", value=True)
         self.show_inspect.tooltip = "Show or hide the rows below (hidden, the dock is shorter)."
         self.show_inspect.changed.connect(lambda shown: setattr(self.inspect, "visible", bool(shown)))
         self.extend([self.show_inspect, self.inspect])

@@ -27,7 +27,7 @@ NAME_2D = "g3dvit heat 2D"
 #: the part of inferno used in 2D (its dark start would read as a shadow over anatomy)
 INFERNO_FROM = 0.35
 #: opacity of the weakest and the strongest kept heat in 2D
-ALPHA_RANGE = (0.55, 1.0)
+ALPHA_RANGE = (0.35, 1.0)
 _following: weakref.WeakSet = weakref.WeakSet()
 
 
