@@ -273,10 +273,10 @@ class OrthoViewsWidget(QWidget):
         self._disconnect_layer(layer)
         self._stale.extend(entry[1:])
         self._prune_later.start()
-        if layer is self.crosshair:
+        if layer is self.crosshair:  # removed by the user
             self.crosshair = None
             self.show_cross.setChecked(False)
-        else:
+        elif layer.metadata.get(CROSSHAIR_KEY) is None:
             self._update_crosshair()
 
     def _prune(self) -> None:
@@ -464,6 +464,7 @@ class OrthoViewsWidget(QWidget):
         layer = Vectors(data, name=CROSSHAIR_NAME, scale=step, edge_width=0.25, edge_color="#7fdbff",
                         vector_style="line", opacity=0.8, metadata={CROSSHAIR_KEY: "crosshair"})
         self.crosshair = layer
+        layer.events.visible.connect(self._on_cross_visible)
         self._viewer.layers.append(layer)
 
     def _update_crosshair(self) -> None:
@@ -471,18 +472,31 @@ class OrthoViewsWidget(QWidget):
             self._ensure_crosshair()
             return
         extent = self._extent()
-        if extent is None or self.crosshair.ndim != self._viewer.dims.ndim:
+        if extent is None:
+            return
+        if self.crosshair.ndim != self._viewer.dims.ndim:  # a series joined: a crosshair with a time axis
+            QTimer.singleShot(0, self._rebuild_crosshair)
             return
         lower, upper, step = extent
         if not np.allclose(self.crosshair.scale, step):
             self.crosshair.scale = step
         self.crosshair.data = crosshair_vectors(self._viewer.dims.point, lower, upper) / step
 
+    def _rebuild_crosshair(self) -> None:
+        if self._closed or self.crosshair is None or self.crosshair.ndim == self._viewer.dims.ndim:
+            return
+        old, self.crosshair = self.crosshair, None
+        if old in [_raw(layer) for layer in self._viewer.layers]:
+            self._viewer.layers.remove(old)
+        self._ensure_crosshair()
+
     def _on_cross_toggled(self, checked: bool) -> None:
-        if checked:
-            if self.crosshair is None:
-                self._ensure_crosshair()
-            else:
-                self.crosshair.visible = True
+        if checked and self.crosshair is None:
+            self._ensure_crosshair()
         elif self.crosshair is not None:
-            self.crosshair.visible = False
+            self.crosshair.visible = checked
+
+    def _on_cross_visible(self, event) -> None:
+        """The crosshair's eye in the layer list and the checkbox say the same."""
+        if event.source is self.crosshair and self.show_cross.isChecked() != bool(event.source.visible):
+            self.show_cross.setChecked(bool(event.source.visible))

@@ -203,33 +203,29 @@ def scene(tmp_path, make_napari_viewer):
     return viewer, widget, layer, regions
 
 
-def test_the_reader_names_labels_and_the_status_bar_says_mm_names_and_heat(scene, qtbot):
+def test_a_map_you_can_read_and_find_and_hand_on(scene, qtbot, tmp_path, make_napari_viewer):
     viewer, widget, anatomy, regions = scene
+    # 3. the reader named the colleague's labels from the dseg.tsv beside them
     assert regions.features["name"].tolist() == ["first half", "second half"]
     assert tuple(regions.colormap.map(np.array([1]))[0]) == (1.0, 0.0, 0.0, 1.0)
     widget.method.value = "hirescam"
-    widget.threshold.value = 100.0
     assert widget.run() is not None
     qtbot.waitUntil(lambda: widget._worker is None, timeout=30_000)
+    heat = widget.last_layer
+    record = heat.metadata[RESULT_KEY]
+
+    # 5. the status bar says mm (MNI152 as the sform says), the label's name and the heat
     point = (9.0, 0.0, 0.0)  # x = +9 mm: in the colleague's label 1
     viewer.dims.point = point
     viewer.cursor.position = point
     viewer.mouse_over_canvas = True
     viewer.update_status_from_cursor()  # what napari does when the mouse moves
     status = viewer.status["coordinates"] if isinstance(viewer.status, dict) else viewer.status
-    heat = float(widget.last_layer.get_value(point, world=True))
+    value = float(heat.get_value(point, world=True))
     assert status.startswith("x 9.0, y 0.0, z 0.0 MNI152 mm")
-    assert "colleague_labels: first half (1)" in status and f"heat {heat:.3f}" in status
+    assert "colleague_labels: first half (1)" in status and f"heat {value:.3f}" in status
     assert "name: first half" in regions.get_status(point, world=True)["value"]  # napari's own lookup
-
-
-def test_a_map_you_can_read_and_find_and_hand_on(scene, qtbot, tmp_path, make_napari_viewer):
-    viewer, widget, anatomy, regions = scene
-    widget.method.value = "hirescam"
-    assert widget.run() is not None
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=30_000)
-    heat = widget.last_layer
-    record = heat.metadata[RESULT_KEY]
+    viewer.mouse_over_canvas = False
     # 6. readable: method first in the name, method and class in the result line, colorbar and caption
     assert heat.name.startswith("hirescam · block 1") and "hirescam at block 1" in widget.result.value
     assert record["explained_class_name"][0] in widget.result.value

@@ -112,6 +112,21 @@ def test_layers_are_mirrored_and_the_point_is_shared(make_napari_viewer, files, 
     np.testing.assert_allclose(world[0, 0, 1:], viewer.dims.point[1:])  # the x line passes the point
     ortho.show_cross.setChecked(False)
     assert not cross.visible and not any(c.visible for c in ortho.copies_of(cross))
+    cross.visible = True  # its eye in the layer list and the checkbox agree
+    assert ortho.show_cross.isChecked() and all(c.visible for c in ortho.copies_of(cross))
+
+    # a 4D run joins: time first, the same time step in every view
+    run = np.random.default_rng(0).random((*SHAPE, 5)).astype(np.float32)
+    image = nib.Nifti1Image(run, _affine())
+    image.header.set_xyzt_units("mm", "sec")
+    image.header["pixdim"][4] = 2.0
+    nib.save(image, anatomy_path.with_name("run.nii.gz"))
+    viewer.open(str(anatomy_path.with_name("run.nii.gz")), plugin="napari-g3dvit")
+    assert viewer.dims.ndim == 4 and [m.dims.order for m in ortho.models] == [(0, 2, 3, 1), (0, 1, 3, 2)]
+    viewer.dims.set_point(0, 6.0)  # 6 s: timepoint 3
+    assert all(m.dims.point[0] == 6.0 and m.dims.current_step[0] == 3 for m in ortho.models)
+    qtbot.wait(10)
+    assert ortho.crosshair.ndim == 4 and np.all(ortho.crosshair.data[:, 0, 0] * ortho.crosshair.scale[0] == 6.0)
 
     viewer.layers.remove(labels)
     qtbot.wait(10)  # the copies leave with the next turn of the event loop, together
@@ -124,39 +139,6 @@ def test_layers_are_mirrored_and_the_point_is_shared(make_napari_viewer, files, 
     floats = [b for b in dock.titleBarWidget().findChildren(QPushButton) if "float" in b.objectName().lower()]
     assert floats and all(b.isHidden() for b in floats)
 
-
-def test_a_series_runs_on_the_same_time_step(make_napari_viewer, tmp_path, no_private_access):
-    run = np.random.default_rng(0).random((*SHAPE, 5)).astype(np.float32)
-    image = nib.Nifti1Image(run, _affine())
-    image.header.set_xyzt_units("mm", "sec")
-    image.header["pixdim"][4] = 2.0
-    nib.save(image, tmp_path / "run.nii.gz")
-    viewer = make_napari_viewer()
-    viewer.open(str(tmp_path / "run.nii.gz"), plugin="napari-g3dvit")
-    _, ortho = open_ortho(viewer)
-    assert [m.dims.order for m in ortho.models] == [(0, 2, 3, 1), (0, 1, 3, 2)]
-    viewer.dims.set_point(0, 6.0)  # 6 s: timepoint 3
-    assert all(m.dims.point[0] == 6.0 and m.dims.current_step[0] == 3 for m in ortho.models)
-
-
-def test_a_click_in_a_view_moves_the_other_planes(make_napari_viewer, files, qtbot, no_private_access):
-    from qtpy.QtCore import QPoint, Qt
-
-    viewer = make_napari_viewer(show=True)
-    viewer.open(str(files[0]), plugin="napari-g3dvit")
-    _, ortho = open_ortho(viewer)
-    qtbot.wait(50)
-    coronal = ortho.models[0]
-    coronal.reset_view()
-    canvas = ortho.qt_viewers[0].canvas.native
-    before = tuple(viewer.dims.point)
-    centre = QPoint(canvas.width() // 2, canvas.height() // 2)
-    offset = QPoint(centre.x() + 20, centre.y() - 15)  # right of and above the centre
-    qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=offset)
-    after = tuple(viewer.dims.point)
-    assert after[1] == before[1]  # y is the coronal view's sliced axis: unchanged
-    assert after[0] > before[0] and after[2] > before[2]  # right is +x, up is +z in this view
-    assert all(tuple(m.dims.point) == after for m in ortho.models)
 
 
 def _cross_centre(image: np.ndarray) -> tuple[float, float]:
@@ -175,7 +157,10 @@ def _brightest(image: np.ndarray) -> tuple[float, float]:
     return float(rows.mean()), float(columns.mean())
 
 
-def test_screenshots_show_the_crosshair_on_the_marker_in_all_three_planes(make_napari_viewer, files, qtbot):
+def test_screenshots_and_a_click(make_napari_viewer, files, qtbot, no_private_access):
+    """The crosshair on the marker in all three planes; then a real click in a view moves the others."""
+    from qtpy.QtCore import QPoint, Qt
+
     viewer = make_napari_viewer(show=True)
     viewer.open(str(files[0]), plugin="napari-g3dvit")
     _, ortho = open_ortho(viewer)
@@ -196,3 +181,17 @@ def test_screenshots_show_the_crosshair_on_the_marker_in_all_three_planes(make_n
         cross, marker = _cross_centre(shot), _brightest(shot)
         size = max(shot.shape[:2])
         assert abs(cross[0] - marker[0]) < 0.03 * size and abs(cross[1] - marker[1]) < 0.03 * size, (name, cross, marker)
+
+    canvas = ortho.qt_viewers[0].canvas.native  # the coronal view
+    before = tuple(viewer.dims.point)
+    centre = QPoint(canvas.width() // 2, canvas.height() // 2)
+    qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=QPoint(centre.x() + 20, centre.y() - 15))
+    after = tuple(viewer.dims.point)
+    assert after[1] == before[1]  # y is the coronal view's sliced axis: unchanged
+    coronal = ortho.models[0]
+    from napari_g3dvit.display import camera
+
+    cam = camera(coronal)  # right of and above the centre: +x and +z by the pixels over the zoom
+    assert after[0] == pytest.approx(cam.center[2] + 20 / cam.zoom, abs=2.0)
+    assert after[2] == pytest.approx(cam.center[1] + 15 / cam.zoom, abs=2.5)
+    assert all(tuple(m.dims.point) == after for m in ortho.models)
