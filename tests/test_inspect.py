@@ -203,7 +203,7 @@ def scene(tmp_path, make_napari_viewer):
     return viewer, widget, layer, regions
 
 
-def test_a_map_you_can_read_and_find_and_hand_on(scene, qtbot, tmp_path, make_napari_viewer):
+def test_a_map_you_can_read_and_find_and_hand_on(scene, qtbot, tmp_path, make_napari_viewer, no_private_access):
     viewer, widget, anatomy, regions = scene
     # 3. the reader named the colleague's labels from the dseg.tsv beside them
     assert regions.features["name"].tolist() == ["first half", "second half"]

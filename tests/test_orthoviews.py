@@ -9,7 +9,6 @@ about napari's private attributes (napari's PublicOnlyProxy warns on such access
 from __future__ import annotations
 
 import os
-import warnings
 
 import nibabel as nib
 import numpy as np
@@ -44,16 +43,6 @@ def files(tmp_path):
     labels[:10] = 1
     nib.save(nib.Nifti1Image(labels, _affine()), tmp_path / "halves_label.nii.gz")
     return tmp_path / "anatomy.nii.gz", tmp_path / "halves_label.nii.gz"
-
-
-@pytest.fixture
-def no_private_access():
-    """Fails the test on napari's warning about private attributes (plugins get a proxy viewer)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    private = [str(w.message) for w in caught if "Private attribute" in str(w.message)]
-    assert not private, private
 
 
 def open_ortho(viewer):
