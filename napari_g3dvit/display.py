@@ -28,7 +28,7 @@ SPATIAL_AXES = (("x", "L→R"), ("y", "P→A"), ("z", "I→S"))
 
 # For each plane, the RAS axes (0 = x, 1 = y, 2 = z) as (sliced or depth, rows, columns) and the
 # depth direction that keeps (x, y, z) right-handed when rows point up and columns right.
-_LAYOUT = {
+LAYOUT = {
     "axial": ((2, 1, 0), "towards"),  # looking down from above: z towards the viewer
     "coronal": ((1, 2, 0), "away"),  # looking from behind: y (anterior) away from the viewer
     "sagittal": ((0, 2, 1), "towards"),  # looking at the right side: x towards the viewer
@@ -57,7 +57,7 @@ def neuro_view(viewer, plane: str = "axial") -> None:
     if ndim < 3:
         raise ValueError(f"neuro_view needs a viewer with at least 3 dimensions (x, y, z), it has {ndim}")
     lead = ndim - 3
-    axes, depth = _LAYOUT[plane]
+    axes, depth = LAYOUT[plane]
     viewer.dims.order = tuple(range(lead)) + tuple(lead + axis for axis in axes)
     camera(viewer).orientation = (depth, "up", "right")
     label_sliders(viewer)

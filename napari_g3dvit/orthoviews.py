@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .display import _LAYOUT, PLANES
+from .display import LAYOUT, PLANES
 
 #: metadata marking the crosshair layer (a tool's layer: views are not saved with it)
 CROSSHAIR_KEY = "g3dvit_tool"
@@ -28,7 +28,7 @@ def main_plane(order, ndim: int) -> str | None:
         return None
     lead = ndim - 3
     last = tuple(int(a) - lead for a in tuple(order)[-3:])
-    return next((plane for plane in PLANES if _LAYOUT[plane][0] == last), None)
+    return next((plane for plane in PLANES if LAYOUT[plane][0] == last), None)
 
 
 def other_planes(order, ndim: int) -> list[tuple[str, tuple[int, ...]]]:
@@ -43,7 +43,7 @@ def other_planes(order, ndim: int) -> list[tuple[str, tuple[int, ...]]]:
     head = order[:-3]
     shown = main_plane(order, ndim)
     if shown is not None:
-        return [(plane, head + tuple(lead + a for a in _LAYOUT[plane][0])) for plane in PLANES if plane != shown]
+        return [(plane, head + tuple(lead + a for a in LAYOUT[plane][0])) for plane in PLANES if plane != shown]
     sliced, rows, columns = order[-3:]
     return [(f"axis {rows}", head + (rows, sliced, columns)), (f"axis {columns}", head + (columns, rows, sliced))]
 
