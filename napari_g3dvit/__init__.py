@@ -8,6 +8,9 @@ Public API::
     model = g3d.load_model("model.safetensors")      # config from model.json beside it
     exp = g3d.explain(model, volume)                 # method "auto"; "g3dvit" is the published one
     g3d.save_model(module, "model.safetensors", config)
+    g3d.peaks(heat_layer, labels=labels_layer)       # clusters, peak_mm, label at the peak
+    g3d.attach_label_names(labels_layer, "dseg.tsv")  # or a FreeSurfer LUT, an FSL atlas XML
+    g3d.save_view(viewer, "view.json"); g3d.open_view(viewer, "view.json")
 
 Names that need torch are imported on first use, so importing the package (as napari does to
 read the plugin manifest) stays fast.
@@ -39,6 +42,11 @@ _LAZY = {
     "save_model": ".models.loading",
     "ConfigError": ".models.config",
     "CheckpointError": ".models.checkpoint",
+    "peaks": ".peaktable",
+    "attach_label_names": ".labelnames",
+    "read_label_names": ".labelnames",
+    "save_view": ".views",
+    "open_view": ".views",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,7 +55,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .explanation import Explanation
     from .models.checkpoint import CheckpointError
     from .models.config import ConfigError
+    from .labelnames import attach_label_names, read_label_names
     from .models.loading import load_model, save_model
+    from .peaktable import peaks
+    from .views import open_view, save_view
 
 __all__ = [
     "METHODS",

@@ -15,15 +15,17 @@ region (a Labels layer, painted or replaced).
 from __future__ import annotations
 
 import logging
-import weakref
 from pathlib import Path
 
 import napari
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
+from matplotlib.colors import to_rgb
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
+from ._closing import when_closed
+from .records import heat_facts, labels_facts
 from .runner import RESULT_KEY
 from .timecourse import (
     HEAT_PEAK,
@@ -44,7 +46,7 @@ TIME_LABEL = "time (s)"
 #: more predicted classes than this are not told apart by colour on the plot
 MAX_CLASS_COLOURS = 8
 #: pixels; small enough that this dock and the explain dock fit one column of a laptop screen
-MIN_PLOT_HEIGHT = 200
+MIN_PLOT_HEIGHT = 260
 #: layer events after which the curves are recomputed
 HEAT_EVENTS = ("data", "metadata", "scale", "translate")
 LABELS_EVENTS = ("data", "paint", "scale", "translate", "affine")
@@ -55,7 +57,8 @@ TOOLTIPS = {
               "where its labels are above 0. None: the map's peak at each timepoint.",
     "export_path": "Where the curves are written: CSV, or TSV when the name ends with .tsv "
                    "(the default beside a BIDS BOLD run).",
-    "export_button": "Write one row per timepoint: time, predicted class, its probability, heat, task design.",
+    "export_button": "Write one row per timepoint: time, predicted class, its probability, heat, task design; "
+                     "a header (CSV) or a JSON sidecar (TSV) says which heatmap, method, layer, class and labels.",
 }
 
 
@@ -81,6 +84,7 @@ class TimeCourseWidget(QWidget):
         self._default_export: Path | None = None
         self._marker = None
         self._legend = None
+        self._closed = False
 
         self.heat = self._layer_box("heat map", "none", self._series_layers)
         self.region = self._layer_box("region", PEAK, self._labels_layers)
@@ -92,8 +96,9 @@ class TimeCourseWidget(QWidget):
         for name, tip in TOOLTIPS.items():
             getattr(self, name).tooltip = tip
 
-        self.figure = Figure(figsize=(4.2, 2.6), layout="constrained")
-        self.axes = self.figure.add_subplot()
+        self.figure = Figure(figsize=(4.2, 3.2), layout="constrained")
+        # probability above, heat below: two scales that mean different things, one time axis
+        self.axes, self.heat_axes = self.figure.subplots(2, 1, sharex=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(MIN_PLOT_HEIGHT)
         self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
@@ -129,10 +134,9 @@ class TimeCourseWidget(QWidget):
             event.connect(self.reset_choices)
         events.inserted.connect(self._on_inserted)
         napari_viewer.dims.events.current_step.connect(self._on_step)
-        # a deleted dock must not be called by the viewer and layers it outlives; through a weak
-        # reference: a slot holding self would keep it alive for ever
-        this = weakref.ref(self)
-        self.destroyed.connect(lambda *_: this() is not None and this()._stop_following())
+        napari_viewer.events.theme.connect(self._on_theme)  # the plot follows napari's dark or light theme
+        # a closed dock must not be called by the viewer and layers it outlives
+        when_closed(self, self._on_close)
         self.reset_choices()
         self._on_heat_changed(self.heat.value)
 
@@ -185,18 +189,25 @@ class TimeCourseWidget(QWidget):
                 if emitter is not None:
                     getattr(emitter, method)(self._schedule)
 
+    def _on_close(self) -> None:
+        """The dock or the viewer closed: no event of the viewer or its layers reaches this dock again."""
+        self._closed = True
+        self._stop_following()
+
     def _stop_following(self) -> None:
         events = self._viewer.layers.events
         for event in (events.inserted, events.removed, events.reordered):
             event.disconnect(self.reset_choices)
         events.inserted.disconnect(self._on_inserted)
         self._viewer.dims.events.current_step.disconnect(self._on_step)
+        self._viewer.events.theme.disconnect(self._on_theme)
         self._connect(self._layer, None, HEAT_EVENTS)
         self._connect(self._labels, None, LABELS_EVENTS)
         self._layer = self._labels = None
 
     def _schedule(self, _event=None) -> None:
-        self._refresh_later.start()
+        if not self._closed:
+            self._refresh_later.start()
 
     def _on_heat_changed(self, layer) -> None:
         layer = _unwrapped(layer) if layer is not None else None
@@ -273,46 +284,84 @@ class TimeCourseWidget(QWidget):
         if self._legend is not None:
             self._legend.remove()
             self._legend = None
-        self.axes.clear()
-        self.axes.set_axis_off()
-        self.axes.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=9, color="0.3",
+        colours = self._colours()
+        self.figure.set_facecolor(colours["background"])
+        for ax in (self.axes, self.heat_axes):
+            ax.clear()
+            ax.set_axis_off()
+        self.axes.text(0.5, 0.0, text, ha="center", va="center", wrap=True, fontsize=9, color=colours["text"],
                        transform=self.axes.transAxes)
         self.canvas.draw_idle()
 
+    def _colours(self) -> dict[str, str]:
+        """The plot's colours from napari's current theme (dark or light)."""
+        try:
+            from napari.utils.theme import get_theme
+
+            theme = get_theme(self._viewer.theme)
+            pick = lambda name: getattr(theme, name).as_hex()  # noqa: E731
+            out = {"background": pick("background"), "text": pick("text"), "grid": pick("foreground"),
+                   "task": pick("primary")}
+        except Exception:  # noqa: BLE001 - an unknown theme: matplotlib's light defaults
+            out = {"background": "white", "text": "black", "grid": "0.85", "task": "0.85"}
+        dark = np.mean(to_rgb(out["background"])) < 0.5
+        out["probability"] = "#5dade2" if dark else "#1f77b4"
+        out["heat"] = "#f5a623" if dark else "#d35400"
+        return out
+
+    def _on_theme(self, _event=None) -> None:
+        if self.courses is not None:
+            self._draw()
+            self._on_step()
+        else:
+            self._show_message(self.message or NO_SERIES)
+
     def _draw(self) -> None:
-        courses, ax = self.courses, self.axes
-        ax.clear()
-        ax.set_axis_on()
+        courses, top, bottom = self.courses, self.axes, self.heat_axes
+        colours = self._colours()
+        self.figure.set_facecolor(colours["background"])
         time = courses.time_s
         half = courses.tr / 2
-        first = True
-        for row in courses.events:
-            if row["duration"] > 0:
-                ax.axvspan(row["onset"], row["onset"] + row["duration"], color="0.82", lw=0, zorder=0,
-                           label="task (events.tsv)" if first else None)
-                first = False
-        ax.plot(time, courses.probability, color="C0", lw=1.6, zorder=2, label="p(predicted class)")
+        for ax in (top, bottom):
+            ax.clear()
+            ax.set_axis_on()
+            ax.set_facecolor(colours["background"])
+            first = True
+            for row in courses.events:  # the task blocks behind both panels
+                if row["duration"] > 0:
+                    ax.axvspan(row["onset"], row["onset"] + row["duration"], color=colours["task"], alpha=0.45,
+                               lw=0, zorder=0, label="task (events.tsv)" if first and ax is top else None)
+                    first = False
+            ax.tick_params(labelsize=8, colors=colours["text"])
+            for spine in ax.spines.values():
+                spine.set_color(colours["grid"])
+            ax.grid(True, axis="y", color=colours["grid"], lw=0.6, alpha=0.6)
         names = courses.predicted_name
         shown = np.unique(courses.predicted)
         if names is not None and len(shown) <= MAX_CLASS_COLOURS:
-            for k in shown:  # which class is predicted when
+            for k in shown:  # which class is predicted when: small dots under the line
                 at = courses.predicted == k
-                ax.scatter(time[at], courses.probability[at], s=18, zorder=3, color=f"C{(int(k) + 2) % 10}",
-                           label=f"predicted: {courses.class_names[int(k)]}")
-        heat_label = "peak heat" if courses.heat_column == HEAT_PEAK else "mean heat in region"  # named above
-        ax.plot(time, courses.heat, color="C1", lw=1.6, zorder=2, label=heat_label)
-        self._marker = ax.axvline(time[0], color="k", lw=1.2, alpha=0.8, zorder=4)
-        ax.set_xlim(time[0] - half, time[-1] + half)
-        ax.set_ylim(-0.03, 1.05)
-        ax.set_xlabel(TIME_LABEL, fontsize=9)
-        ax.set_ylabel("probability / heat", fontsize=9)
-        ax.tick_params(labelsize=8)
-        ax.grid(True, axis="y", color="0.9", lw=0.6)
+                top.scatter(time[at], courses.probability[at], s=9, zorder=2, color=f"C{(int(k) + 2) % 10}",
+                            label=f"predicted: {courses.class_names[int(k)]}", linewidths=0)
+        top.plot(time, courses.probability, color=colours["probability"], lw=1.4, zorder=3)
+        top.set_ylim(-0.03, 1.05)
+        top.set_ylabel("p(predicted)", fontsize=8, color=colours["text"])
+        heat_label = "peak heat" if courses.heat_column == HEAT_PEAK else "heat in region"  # named above
+        bottom.plot(time, courses.heat, color=colours["heat"], lw=1.4, zorder=3)
+        low, high = float(np.min(courses.heat)), float(np.max(courses.heat))
+        pad = 0.05 * (high - low) if high > low else 0.05
+        bottom.set_ylim(low - pad, high + pad)  # its own scale: a small mean heat stays readable
+        bottom.set_ylabel(heat_label, fontsize=8, color=colours["text"])
+        bottom.set_xlabel(TIME_LABEL, fontsize=8, color=colours["text"])
+        bottom.set_xlim(time[0] - half, time[-1] + half)
+        self._marker = [ax.axvline(time[0], color=colours["text"], lw=1.0, alpha=0.8, zorder=4) for ax in (top, bottom)]
         if self._legend is not None:
             self._legend.remove()
-        # above the axes, outside them: constrained layout makes room, nothing overlaps the curves
-        self._legend = self.figure.legend(*ax.get_legend_handles_labels(), loc="outside upper center", ncol=2,
-                                          fontsize=7.5, frameon=False, handlelength=1.5, columnspacing=1.0)
+        handles, labels = top.get_legend_handles_labels()
+        # above the panels, outside them, one row: nothing covers the curves
+        self._legend = self.figure.legend(handles, labels, loc="outside upper center", ncol=max(len(labels), 1),
+                                          fontsize=7, frameon=False, handlelength=1.0, columnspacing=0.8,
+                                          handletextpad=0.4, labelcolor=colours["text"])
         self.canvas.draw_idle()
 
     # -- linking with the time slider -----------------------------------------------------------------------
@@ -333,7 +382,8 @@ class TimeCourseWidget(QWidget):
             return
         self.marker_time = float(self.courses.time_s[index])
         if self._marker is not None:
-            self._marker.set_xdata([self.marker_time, self.marker_time])
+            for line in self._marker:
+                line.set_xdata([self.marker_time, self.marker_time])
             self.canvas.draw_idle()
 
     def click_time(self, seconds: float) -> int | None:
@@ -352,16 +402,31 @@ class TimeCourseWidget(QWidget):
 
     def _on_press(self, event) -> None:
         """matplotlib's button_press_event: a left click moves the slider."""
-        if event.inaxes is self.axes and event.xdata is not None and event.button == 1:
+        if event.inaxes in (self.axes, self.heat_axes) and event.xdata is not None and event.button == 1:
             self.click_time(event.xdata)
 
     def _on_drag(self, event) -> None:
         """matplotlib's motion_notify_event: dragging with the left button held scrubs through time."""
         held = getattr(event, "buttons", None) or ()
-        if 1 in held and event.inaxes is self.axes and event.xdata is not None:
+        if 1 in held and event.inaxes in (self.axes, self.heat_axes) and event.xdata is not None:
             self.click_time(event.xdata)
 
     # -- export ---------------------------------------------------------------------------------------------------
+
+    def about(self) -> dict[str, str]:
+        """What the curves came from, for the exported table's header."""
+        layer, labels = self._layer, self._labels
+        facts = heat_facts((layer.metadata.get(RESULT_KEY) or {}) if layer is not None else {},
+                           layer.name if layer is not None else None)
+        facts.pop("timepoint", None)
+        if labels is not None:
+            facts.update(labels_facts(labels.name, labels.metadata))
+        else:
+            facts["heat"] = "the map's peak at each timepoint"
+        found = events_beside(source_path(layer.metadata)) if layer is not None else None
+        if found is not None and self.courses is not None and self.courses.design is not None:
+            facts["task design"] = str(found)
+        return facts
 
     def export(self, path=None) -> str | None:
         """Write the curves to ``path`` (default: the export field); returns the path written."""
@@ -372,7 +437,7 @@ class TimeCourseWidget(QWidget):
             self.export_path.value = path
         target = Path(self.export_path.value).expanduser()
         try:
-            written = write_table(self.courses, target)
+            written = write_table(self.courses, target, about=self.about())
         except OSError as err:
             self.written.value = f"could not write {target}: {err.strerror or err}"
             log.warning("napari-g3dvit: %s", self.written.value)

@@ -15,6 +15,7 @@ from typing import Any
 import napari
 import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FileEdit,
@@ -26,7 +27,14 @@ from magicgui.widgets import (
     Table,
 )
 
+from ._closing import Workers, when_closed
+from ._sections import InspectSections
+from .heatstyle import follow_ndisplay, show_legend
+from .labelnames import names_of_layer
 from .options import DEFAULT_THRESHOLD, POOLINGS, UPSAMPLE_MODES
+from .outputs import safe_name, user_folder
+from .readout import install as install_readout
+from .records import heat_facts, labels_facts
 from .registry import AUTO, METHODS, SETTINGS, SPECS, baseline_choices, reads
 from .runner import (
     DEFAULT_STEP,
@@ -93,6 +101,7 @@ class ExplainWidget(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self._viewer = napari_viewer
+        self._workers = Workers()  # quit and cut off when the dock or the viewer closes
         self.loaded = None  # runner.LoadedModel shown in the checkpoint field, or None
         self._worker = None  # the explain run in progress
         self._loader = None  # the model load in progress
@@ -140,6 +149,14 @@ class ExplainWidget(Container):
         for name, tip in TOOLTIPS.items():
             getattr(self, name).tooltip = tip
         self._wrap_labels()
+        # label names, peaks, go-to and saved views (see _sections.py)
+        self.inspect = InspectSections(self)
+        self.inspect.label = ""
+        self.inspect.tooltip = "Label names, the peak table, go to a point in mm, and views saved to a file."
+        self.show_inspect = CheckBox(text="show names, peaks, go to, views", value=True)
+        self.show_inspect.tooltip = "Show or hide the rows below (hidden, the dock is shorter)."
+        self.show_inspect.changed.connect(lambda shown: setattr(self.inspect, "visible", bool(shown)))
+        self.extend([self.show_inspect, self.inspect])
 
         self.volume.changed.connect(self._on_volume_changed)
         self.checkpoint.changed.connect(self._on_checkpoint_changed)
@@ -154,6 +171,9 @@ class ExplainWidget(Container):
         events = napari_viewer.layers.events
         for event in (events.inserted, events.removed):  # also when not docked through napari
             event.connect(self.reset_choices)
+        when_closed(self.native, self._on_close)
+        follow_ndisplay(napari_viewer)  # heat as a stat map in 2D, additive MIP in 3D
+        install_readout(napari_viewer)  # mm, label names and heat under the cursor in the status bar
         self.reset_choices()
         self._sync_pooling(self.method.value)
         self._on_volume_changed(self.volume.value)
@@ -271,11 +291,11 @@ class ExplainWidget(Container):
             except Exception as err:  # handed back as a value: a raised RuntimeError would be lost
                 return RunFailure(describe_error(err))
 
-        self._loader = create_worker(load, _ignore_errors=True)
-        self._loader.returned.connect(lambda outcome: self._on_loaded(path, config, outcome))
-        self._loader.errored.connect(lambda err: self._on_loaded(path, config, RunFailure(describe_error(err))))
-        self._loader.finished.connect(self._on_load_finished)
-        self._loader.start()
+        self._loader = self._workers.start(
+            create_worker(load, _ignore_errors=True),
+            returned=lambda outcome: self._on_loaded(path, config, outcome),
+            errored=lambda err: self._on_loaded(path, config, RunFailure(describe_error(err))),
+            finished=self._on_load_finished)
 
     def _on_load_finished(self) -> None:
         self._loader = None
@@ -375,18 +395,15 @@ class ExplainWidget(Container):
         run = ExplainRun(self.loaded, VolumeSource.from_layer(layer), self.settings(), timepoint=timepoint,
                          step=self.batch_size.value)
         run.warn_if_orientation_unknown()
-        worker = create_worker(run.steps, _ignore_errors=True)
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(self._on_outcome)
-        worker.errored.connect(lambda err: self._show_error(describe_error(err, run.settings["device"])))
-        worker.aborted.connect(self._on_aborted)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        self._sync_buttons()
         self.progress.value = 0
         self.result.value = "explaining" + (f" timepoint {timepoint}..." if timepoint is not None else "...")
-        worker.start()
-        return worker
+        self._worker = self._workers.start(
+            create_worker(run.steps, _ignore_errors=True),
+            yielded=self._on_progress, returned=self._on_outcome,
+            errored=lambda err: self._show_error(describe_error(err, run.settings["device"])),
+            aborted=self._on_aborted, finished=self._on_finished)
+        self._sync_buttons()
+        return self._worker
 
     def wait(self, poll: float = 0.02) -> None:
         """Process Qt events until the current load and run have finished (scripts, benchmarks)."""
@@ -397,6 +414,14 @@ class ExplainWidget(Container):
         while self._worker is not None or self._loader is not None:
             QApplication.processEvents()
             time.sleep(poll)
+
+    def _on_close(self) -> None:
+        """The dock or the viewer closed: stop the workers; no slot of this widget runs again."""
+        self._workers.stop()
+        self._loader = self._worker = self._pending_load = None
+        events = self._viewer.layers.events
+        for event in (events.inserted, events.removed):
+            event.disconnect(self.reset_choices)
 
     def cancel(self, _value=None) -> None:
         if self._worker is not None:
@@ -431,10 +456,11 @@ class ExplainWidget(Container):
             out.contrast_limits = outcome.contrast_limits
             out.name = outcome.name
         else:
-            out = self._viewer.add_image(outcome.data, **outcome.layer_kwargs())
+            out = self._viewer.add_image(outcome.data, **outcome.layer_kwargs(self._viewer.dims.ndisplay))
         # napari hands plugins a proxy of the viewer, and each access wraps a layer anew: keep the
         # layer itself, so the same layer compares as the same object run after run
         self.last_layer = getattr(out, "__wrapped__", out)
+        show_legend(self._viewer, self.last_layer)  # napari's colorbar, and what it shows
         self.result.value = outcome.summary
         self.result.tooltip = f"heatmap layer: {out.name}" + outcome.details()
         self.last_error = ""
@@ -460,7 +486,7 @@ class ExplainWidget(Container):
             heat = heat[self._current_timepoint(heat_layer)]
         try:
             rows = region_rows(heat, spatial_matrix(data_to_world_matrix(heat_layer)), np.asarray(labels.data),
-                               spatial_matrix(data_to_world_matrix(labels)))
+                               spatial_matrix(data_to_world_matrix(labels)), names=names_of_layer(labels))
         except ValueError as err:
             self._show_error(str(err))
             return []
@@ -472,10 +498,14 @@ class ExplainWidget(Container):
         self.region_table.visible = True
         self.region_table.native.resizeColumnsToContents()
         self.export_button.enabled = bool(rows)
-        source = (heat_layer.metadata.get("nifti") or {}).get("path")
-        if source and Path(self.csv_path.value) == Path.home() / "regions.csv":  # beside the data
-            volume = heat_layer.metadata.get(RESULT_KEY, {}).get("volume", "heatmap")
-            self.csv_path.value = Path(source).with_name(f"{volume}_regions.csv")
+        record = heat_layer.metadata.get(RESULT_KEY, {})
+        self._regions_about = {**heat_facts(record, heat_layer.name), **labels_facts(labels.name, labels.metadata)}
+        if heat_layer.ndim == 4:
+            self._regions_about["timepoint"] = str(self._current_timepoint(heat_layer))
+        if Path(self.csv_path.value) in (Path.home() / "regions.csv", getattr(self, "_csv_default", None)):
+            source = (heat_layer.metadata.get("nifti") or {}).get("path")  # beside the data, never in the package
+            self._csv_default = user_folder(source) / f"{safe_name(record.get('volume', 'heatmap'))}_regions.csv"
+            self.csv_path.value = self._csv_default
         self.result.value = f"{len(rows)} labels of '{labels.name}' on the heatmap of '{heat_layer.name}'"
         return rows
 
@@ -487,7 +517,7 @@ class ExplainWidget(Container):
             return None
         target = Path(self.csv_path.value).expanduser().resolve()
         try:
-            path = write_csv(self._region_rows, target)
+            path = write_csv(self._region_rows, target, about=getattr(self, "_regions_about", None))
         except OSError as err:
             self._show_error(f"could not write {target}: {err.strerror or err}")
             return None

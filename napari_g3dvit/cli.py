@@ -66,6 +66,7 @@ def open_sample_viewer(sample: str, explain: bool = False, show: bool = True):
         from ._widget import ALL
 
         widget.timepoints.value = ALL
+        widget.show_inspect.value = False  # a shorter Explain dock leaves the Time course dock room
         _, course = viewer.window.add_plugin_dock_widget("napari-g3dvit", "Time course")
         labels = [layer for layer in viewer.layers if isinstance(layer, napari.layers.Labels)]
         if labels:
@@ -120,6 +121,9 @@ def _cohort_options(parser: argparse.ArgumentParser, methods: list[str]) -> None
     parser.add_argument("--upsample", default="trilinear", choices=UPSAMPLE_MODES)
     method_setting_options(parser)
     parser.add_argument("--atlas", metavar="LABELS", help="a label volume: heat per label into each sidecar and a TSV")
+    parser.add_argument("--atlas-names", metavar="TABLE",
+                        help="names of the atlas' labels: a BIDS dseg.tsv, a FreeSurfer colour LUT or an FSL atlas "
+                             "XML (default: one found beside the atlas)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, metavar="N",
                        help="local worker processes (default: one per CPU core; 0: no Dask, in this process)")
@@ -161,6 +165,9 @@ def _run_cohort(args: argparse.Namespace, inputs, bids_dir=None) -> int:
         return 2
     from .defaults import run_defaults
 
+    if args.atlas_names and not args.atlas:
+        print("g3dvit: error: --atlas-names names the labels of an --atlas; give the atlas too", file=sys.stderr)
+        return 2
     defaults = run_defaults(_model_config(Path(args.model), args.config))  # what the widget preselects
     settings = Settings(methods=tuple(dict.fromkeys(args.method or [defaults["method"]])),
                         layer=args.layer or defaults["layer"], pooling=args.pooling,
@@ -168,7 +175,8 @@ def _run_cohort(args: argparse.Namespace, inputs, bids_dir=None) -> int:
                         target=defaults["target"] if args.target is None else args.target,
                         baseline=args.baseline, steps=args.steps, occlusion=args.occlusion,
                         relevance_block=args.relevance_block, device=args.device,
-                        batch_size=args.batch_size, chunk=args.chunk, atlas=args.atlas)
+                        batch_size=args.batch_size, chunk=args.chunk, atlas=args.atlas,
+                        atlas_names=args.atlas_names)
 
     def started(client) -> None:
         link = getattr(client, "dashboard_link", None)

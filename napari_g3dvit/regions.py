@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import csv
 import os
 
 import numpy as np
 
-COLUMNS = ("label", "voxels", "mean heat", "peak heat", "share of heat")
+COLUMNS = ("index", "label", "voxels", "mean heat", "peak heat", "share of heat")
 
 
 def region_table(heatmap: np.ndarray, labels: np.ndarray, names: dict[int, str] | None = None) -> list[dict]:
     """One row per non-zero label, sorted by share of the total heat (largest first).
 
-    heatmap: (D, H, W) float map; labels: (D, H, W) integers on the same voxels.
+    heatmap: (D, H, W) float map; labels: (D, H, W) integers on the same voxels; names: value ->
+    name (``label`` is the name when known, else the value as text; ``index`` is the value).
     """
     heatmap, labels = np.asarray(heatmap, dtype=np.float64), np.asarray(labels)
     if heatmap.shape != labels.shape:
@@ -33,6 +33,7 @@ def region_table(heatmap: np.ndarray, labels: np.ndarray, names: dict[int, str] 
         if label == 0:
             continue
         rows.append({
+            "index": int(label),
             "label": (names or {}).get(int(label), str(int(label))),
             "voxels": int(counts[i]),
             "mean heat": float(sums[i] / counts[i]),
@@ -43,9 +44,9 @@ def region_table(heatmap: np.ndarray, labels: np.ndarray, names: dict[int, str] 
     return rows
 
 
-def write_csv(rows: list[dict], path: str | os.PathLike) -> str:
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    return str(path)
+def write_csv(rows: list[dict], path: str | os.PathLike, about: dict | None = None) -> str:
+    """Write a region table (CSV, or TSV for a ``.tsv`` name) atomically; ``about``: what it came
+    from (heatmap, method, layer, class, labels), written as its header. Returns the path."""
+    from .outputs import write_rows
+
+    return write_rows(path, rows, COLUMNS, about)

@@ -26,6 +26,7 @@ from typing import Any, Generator
 import numpy as np
 
 from .orientation import ORIENTATION_KEY, STORED, Reorientation, codes_of, reorientation_for
+from .records import heat_layer_name, short_layer
 
 log = logging.getLogger("napari_g3dvit")
 
@@ -182,15 +183,6 @@ def describe_error(err: BaseException, device: str = "cpu") -> str:
 
 # -- the result layer ------------------------------------------------------------------------------------
 
-def heat_colormap():
-    """inferno with its first colour set to exact black: with additive blending, no heat adds nothing."""
-    from napari.utils.colormaps import AVAILABLE_COLORMAPS, Colormap
-
-    colors = np.array(AVAILABLE_COLORMAPS["inferno"].colors, copy=True)
-    colors[0, :3] = 0.0
-    return Colormap(colors, name="g3dvit heat")
-
-
 @dataclass
 class HeatLayer:
     """What napari needs to show a heatmap over its anatomy. data: (D, H, W) or (T, D, H, W)."""
@@ -215,10 +207,13 @@ class HeatLayer:
         lines = [f"{label}: {score:+.3f}" for label, score in ranked]
         return f"\nauto chose {auto['chosen']} by {auto['criterion']}:\n" + "\n".join(lines)
 
-    def layer_kwargs(self) -> dict:
-        """Keyword arguments for ``viewer.add_image(data, **kwargs)``."""
-        return {"name": self.name, "colormap": heat_colormap(), "blending": "additive", "rendering": "mip",
-                "contrast_limits": self.contrast_limits, "metadata": self.metadata, **self.transform}
+    def layer_kwargs(self, ndisplay: int = 3) -> dict:
+        """Keyword arguments for ``viewer.add_image(data, **kwargs)`` in a 2D or 3D view (see
+        ``heatstyle``: a stat-map overlay in 2D, additive MIP in 3D)."""
+        from .heatstyle import style
+
+        return {"name": self.name, **style(ndisplay), "contrast_limits": self.contrast_limits,
+                "metadata": self.metadata, **self.transform}
 
 
 def same_run(old: dict, new: dict) -> bool:
@@ -379,18 +374,14 @@ class ExplainRun:
         metadata = {RESULT_KEY: record}
         if "nifti" in self.source.metadata:  # lets the NIfTI writer restore the source affine
             metadata["nifti"] = self.source.metadata["nifti"]
-        name = f"{self.source.name} {first.method} @ {first.layer}"
-        if self.settings.get("method") == "auto":
-            name = f"{self.source.name} auto: {first.method} @ {first.layer}"
-        if self.timepoint is not None:
-            name += f" t={self.timepoint}"
+        name = heat_layer_name(record)  # the method first: the layer list shows a name's start
+        how = f"auto chose {first.method}" if self.settings.get("method") == "auto" else first.method
+        how += f" at {short_layer(first.layer)}"
         if series:
-            summary = f"{len(target)} timepoints explained"
+            summary = f"{len(target)} timepoints explained; {how}"
         else:
             t = int(target[0])
-            summary = f"{names[t]}, p = {probs[0][t]:.2f}"
-            if self.settings.get("method") == "auto":
-                summary += f"; auto chose {first.method}"
+            summary = f"{names[t]}, p = {probs[0][t]:.2f}; {how}"
             if self.timepoint is not None:
                 summary += f" at timepoint {self.timepoint}" + (
                     f" ({record['time_seconds']:g} s)" if record["time_seconds"] is not None else "")
@@ -431,10 +422,11 @@ def labels_on_grid(labels: np.ndarray, labels_to_world: np.ndarray, shape: tuple
 
 
 def region_rows(heat: np.ndarray, heat_to_world: np.ndarray, labels: np.ndarray,
-                labels_to_world: np.ndarray) -> list[dict]:
+                labels_to_world: np.ndarray, names: dict[int, str] | None = None) -> list[dict]:
     """Heat per label, with the labels brought onto the heatmap's voxels through world space.
 
-    heat: (X, Y, Z); labels: (X', Y', Z') on any grid; both matrices (4, 4) voxel-to-world.
+    heat: (X, Y, Z); labels: (X', Y', Z') on any grid; both matrices (4, 4) voxel-to-world;
+    names: label value -> name.
     """
     from .regions import region_table
 
@@ -446,4 +438,4 @@ def region_rows(heat: np.ndarray, heat_to_world: np.ndarray, labels: np.ndarray,
         if not labels.any():
             raise ValueError("the labels do not overlap the heatmap in world coordinates; "
                              "are they in the same space as the volume?")
-    return region_table(heat, labels)
+    return region_table(heat, labels, names)

@@ -339,36 +339,53 @@ def default_table_path(source: str | os.PathLike | None, volume: str = "series")
 
     A BIDS BOLD run gets a TSV named with the run's entities
     (``sub-01_task-x_run-1_desc-g3dvit_timeseries.tsv``); other files a CSV
-    (``<name>_timecourse.csv``); a volume without a file a CSV in the home folder.
+    (``<name>_timecourse.csv``); a volume without a file, or one inside the installed package (a
+    shipped sample), a CSV in the home folder.
     """
+    from .outputs import user_folder
+
     if source is None:
         return Path.home() / f"{_safe(volume)}_timecourse.csv"
     source = Path(source)
+    folder = user_folder(source)
     stem = _stem(source)
     if is_bids_bold(source):
-        return source.with_name(stem[: -len("_bold")] + "_desc-g3dvit_timeseries.tsv")
-    return source.with_name(f"{stem}_timecourse.csv")
+        return folder / (stem[: -len("_bold")] + "_desc-g3dvit_timeseries.tsv")
+    return folder / f"{stem}_timecourse.csv"
 
 
 def _safe(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name).strip("_") or "series"
 
 
-def write_table(courses: TimeCourses, path: str | os.PathLike) -> str:
-    """Write the curves as CSV, or TSV when ``path`` ends with .tsv; whole or not at all. Returns the path."""
-    from .atomic import write_atomic
+def write_table(courses: TimeCourses, path: str | os.PathLike, about: dict | None = None) -> str:
+    """Write the curves as CSV, or TSV when ``path`` ends with .tsv; whole or not at all. Returns the path.
+
+    about: what the curves came from (heatmap, method, layer, class, labels): ``# key: value``
+    lines at the top of a CSV, a JSON sidecar of the same name beside a TSV (BIDS tables have no
+    comments).
+    """
+    import json
+
+    from .atomic import write_together
+    from .outputs import sidecar_of
 
     path = Path(path)
-    delimiter = "\t" if path.name.lower().endswith(".tsv") else ","
+    tsv = path.name.lower().endswith(".tsv")
     columns = courses.columns()
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh, delimiter=delimiter, lineterminator="\n")
+            if about and not tsv:
+                fh.writelines(f"# {key}: {' '.join(str(value).split())}\n" for key, value in about.items())
+            writer = csv.writer(fh, delimiter="\t" if tsv else ",", lineterminator="\n")
             writer.writerow(columns)
             writer.writerows(zip(*columns.values()))
 
-    write_atomic(path, write)
+    files = [(path, write)]
+    if about and tsv:
+        files.append((sidecar_of(path), lambda tmp: tmp.write_text(json.dumps(about, indent=2) + "\n")))
+    write_together(files)
     return str(path)
 
 
@@ -377,6 +394,6 @@ def read_table(path: str | os.PathLike) -> dict[str, list[str]]:
     path = Path(path)
     delimiter = "\t" if path.name.lower().endswith(".tsv") else ","
     with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.reader(fh, delimiter=delimiter))
+        rows = list(csv.reader((line for line in fh if not line.startswith("# ")), delimiter=delimiter))
     header, body = rows[0], rows[1:]
     return {name: [row[i] for row in body] for i, name in enumerate(header)}

@@ -149,6 +149,8 @@ def read_nifti(path: str | os.PathLike, kind: str | None = None) -> tuple[np.nda
         "time_axis": 0 if data.ndim == 4 else None,
         "tr": (_seconds(zooms[time_zoom], header.get_xyzt_units()[1])
                if data.ndim == 4 and len(zooms) > time_zoom else None),
+        "sform_code": int(header["sform_code"]) if "sform_code" in header else 0,
+        "qform_code": int(header["qform_code"]) if "qform_code" in header else 0,
         "description": header["descrip"].tobytes().rstrip(b"\0").decode("latin-1", "replace") if "descrip" in header else "",
     }
     if degrees > 1e-3 and str(path) not in _warned_oblique:
@@ -164,9 +166,38 @@ def read_nifti(path: str | os.PathLike, kind: str | None = None) -> tuple[np.nda
     kwargs = {"name": name, "scale": scale, "translate": translate, "metadata": {METADATA_KEY: facts}}
     if kind == "labels":
         data = _as_label_values(data)
+        kwargs.update(_names_beside(path, kwargs["metadata"]))
     else:
         kwargs.update(anatomy_display(data))
     return data, kwargs, kind
+
+
+def _names_beside(path: Path, metadata: dict) -> dict:
+    """Labels layer keyword arguments for the BIDS ``dseg.tsv`` beside a label volume, if any.
+
+    A table that cannot be read is logged and left out: the labels still open, as numbers.
+    """
+    from .labelnames import METADATA_KEY as NAMES_KEY
+    from .labelnames import LabelNamesError, find_dseg, layer_kwargs, read_bids_dseg
+
+    found = find_dseg(path)
+    if found is None:
+        return {}
+    try:
+        names = read_bids_dseg(found)
+    except LabelNamesError as err:
+        log.warning("%s: its label names are not used: %s", path.name, err)
+        return {}
+    metadata[NAMES_KEY] = {"source": names.source, "kind": names.kind, "note": names.note}
+    return layer_kwargs(names)
+
+
+def space_name(facts: dict | None) -> str:
+    """What the world coordinates of a read file are: "MNI152", "template", "Talairach", "aligned" or
+    "scanner", from its sform code (else its qform code)."""
+    facts = facts or {}
+    code = facts.get("sform_code") or facts.get("qform_code") or 0
+    return {1: "scanner", 2: "aligned", 3: "Talairach", 4: "MNI152", 5: "template"}.get(int(code), "scanner")
 
 
 def nifti_from_layer(data: np.ndarray, metadata: dict | None, scale=None, translate=None):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -64,3 +66,13 @@ def open_widget(viewer):
     """The explain widget exactly as Plugins > Explain 3D ViT opens it."""
     _, widget = viewer.window.add_plugin_dock_widget("napari-g3dvit", "Explain 3D ViT")
     return widget
+
+
+@pytest.fixture
+def no_private_access():
+    """Fails the test on napari's warning about private attributes (plugins get a proxy viewer)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    private = [str(w.message) for w in caught if "Private attribute" in str(w.message)]
+    assert not private, private

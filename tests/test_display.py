@@ -137,7 +137,10 @@ def test_4d_keeps_time_first(make_napari_viewer):
     for plane, spatial in (("axial", (3, 2, 1)), ("coronal", (2, 3, 1)), ("sagittal", (1, 3, 2))):
         neuro_view(viewer, plane)
         assert viewer.dims.order == (0, *spatial)
-        assert viewer.dims.axis_labels == ("time (s)", "x (L→R, mm)", "y (P→A, mm)", "z (I→S, mm)")
+        labels = viewer.dims.axis_labels
+        assert labels[0].startswith("time = ") and labels[0].endswith(" s · volume")
+        assert [label.split(" = ")[0] for label in labels[1:]] == ["x", "y", "z"]
+        assert labels[1].endswith("mm (L→R) · slice") and labels[3].endswith("mm (I→S) · slice")
     assert viewer.dims.not_displayed == (0, 1)  # time and the sliced x stay sliders
 
 
@@ -155,7 +158,7 @@ def test_watch_applies_axial_once_and_keeps_user_choices(make_napari_viewer):
     viewer.add_image(_volume(), scale=SCALE, translate=TRANSLATE, metadata={"nifti": {}})
     assert viewer.dims.order == (2, 1, 0)
     assert tuple(map(str, viewer.scene.camera.orientation2d)) == ("up", "right")
-    assert viewer.dims.axis_labels[-1] == "z (I→S, mm)"
+    assert viewer.dims.axis_labels[-1].startswith("z = ") and viewer.dims.axis_labels[-1].endswith("mm (I→S) · slice")
     # the view was reset after the order changed: the camera looks at the middle of the x-y plane
     centre = np.asarray(TRANSLATE) + np.asarray(SCALE) * (np.asarray(SHAPE) - 1) / 2
     np.testing.assert_allclose(viewer.scene.camera.center[1:], centre[[1, 0]], atol=1)
@@ -175,7 +178,7 @@ def test_opening_nifti_files_through_the_reader(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     viewer.open(str(tmp_path / "run.nii.gz"), plugin="napari-g3dvit")
     assert viewer.dims.order == (0, 3, 2, 1)
-    assert viewer.dims.axis_labels[0] == "time (s)"
+    assert viewer.dims.axis_labels[0].startswith("time = ")
     assert tuple(map(str, viewer.scene.camera.orientation2d)) == ("up", "right")
 
 

@@ -5,7 +5,6 @@ Every test opens the widget as the Plugins menu does and files through the reade
 
 from __future__ import annotations
 
-import csv
 
 import nibabel as nib
 import numpy as np
@@ -14,6 +13,7 @@ import torch
 
 import napari_g3dvit as g3d
 from napari_g3dvit.models.loading import ViTClassifier
+from napari_g3dvit.outputs import read_rows
 from napari_g3dvit.runner import RESULT_KEY
 from napari_g3dvit.sample_models import sample_path
 
@@ -253,8 +253,8 @@ def test_region_table_with_labels_on_a_finer_grid(make_napari_viewer, qtbot, tmp
         assert got["share of heat"] == pytest.approx(want["share of heat"])
     path = widget.export_regions()
     assert path is not None and str(tmp_path) in path and str(path) in widget.result.value
-    with open(path) as fh:
-        assert len(list(csv.DictReader(fh))) == 3
+    about, written = read_rows(path)  # a header says which heatmap and labels it came from
+    assert len(written) == 3 and about["labels"] == "colleague_atlas" and about["method"] == "hirescam"
 
     # labels elsewhere in the world: an error, and the old table can no longer be exported
     viewer.add_labels(labels, name="far away", translate=(500.0, 500.0, 500.0))

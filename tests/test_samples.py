@@ -119,6 +119,9 @@ def test_3d_screenshot_heat_falls_on_the_cube(make_napari_viewer, qtbot):
     whole = viewer.add_labels(np.ones_like(token_region), name="whole volume", scale=cube.scale,
                               translate=cube.translate)
 
+    widget.last_layer.colorbar.visible = False  # the legend's bright colours are not heat on the cube
+    viewer.canvas.overlays.text.visible = False
+
     def shot(visible):
         for layer in viewer.layers:
             layer.visible = layer in visible

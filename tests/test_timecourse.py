@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -190,7 +192,15 @@ def test_time_course_dock(make_napari_viewer, qtbot, bids_run, tmp_path):
     np.testing.assert_array_equal(courses.design, want["design"])
     assert courses.predicted_name == [CONFIG["class_names"][k] for k in want["predicted"]]
     assert "roi" in dock.status.value and "events.tsv" in dock.status.value
-    assert dock.axes.get_xlabel() == "time (s)" and dock.figure.legends  # the legend sits above the axes
+    assert dock.heat_axes.get_xlabel() == "time (s)" and dock.figure.legends  # the legend sits above the panels
+    assert dock.axes.get_ylim() == pytest.approx((-0.03, 1.05))  # probability and heat on their own axes
+    assert dock.heat_axes.get_ylim()[1] == pytest.approx(courses.heat.max(), rel=0.1)
+    from matplotlib.colors import to_hex
+    from napari.utils.theme import get_theme
+
+    for theme in ("dark", "light"):  # the plot is drawn in napari's theme, and follows a change
+        viewer.theme = theme
+        assert to_hex(dock.figure.get_facecolor()) == get_theme(theme).background.as_hex()
 
     # the slider moves the marker; a click (and the real mouse event) moves the slider
     viewer.dims.set_current_step(0, 3)
@@ -214,8 +224,11 @@ def test_time_course_dock(make_napari_viewer, qtbot, bids_run, tmp_path):
     np.testing.assert_allclose([float(r["probability"]) for r in rows], want["probability"], rtol=1e-6)
     np.testing.assert_allclose([float(r["heat_in_region"]) for r in rows], want["heat_in_region"], rtol=1e-6)
     assert [int(r["design"]) for r in rows] == DESIGN
+    sidecar = json.loads(Path(written).with_suffix(".json").read_text())  # what the TSV came from
+    assert sidecar["method"] == "hirescam" and sidecar["labels"] == "roi" and "events.tsv" in sidecar["task design"]
     assert dock.export(tmp_path / "mine.csv") == str(tmp_path / "mine.csv")
     assert read_table(tmp_path / "mine.csv")["design"] == [str(d) for d in DESIGN]
+    assert open(tmp_path / "mine.csv").readline().startswith("# heatmap: hirescam")
 
     # the library path gives the same curves for the same settings
     explanation = g3d.explain(explain.model, np.asarray(anatomy.data), method="hirescam", threshold=100.0)

@@ -60,6 +60,10 @@ def test_run_adds_a_heatmap_in_the_anatomys_space(qtbot, scene):
     np.testing.assert_array_equal(heat.scale, anatomy.scale)
     np.testing.assert_array_equal(heat.translate, anatomy.translate)
     np.testing.assert_array_equal(heat.affine.affine_matrix, anatomy.affine.affine_matrix)
+    # 2D: a stat-map overlay (transparent where there is no heat); 3D: additive MIP starting at black
+    assert heat.blending == "translucent" and heat.colormap.name == "g3dvit heat 2D"
+    assert heat.colormap.colors[0][3] == 0
+    viewer.dims.ndisplay = 3
     assert heat.blending == "additive" and heat.rendering == "mip" and heat.colormap.name == "g3dvit heat"
     assert heat.colormap.colors[0][:3].tolist() == [0, 0, 0]  # starts at black
     record = heat.metadata[RESULT_KEY]
@@ -175,9 +179,11 @@ def test_region_table_and_csv(qtbot, scene, tmp_path):
     first = heat[:6] if rows[0]["label"] == "1" else heat[6:]
     assert rows[0]["peak heat"] == pytest.approx(first.max()) and rows[0]["mean heat"] == pytest.approx(first.mean())
     table = widget.region_table
-    assert tuple(table.column_headers) == ("label", "voxels", "mean heat", "peak heat", "share of heat")
-    assert table.data[0][0] == rows[0]["label"] and table.data[0][1] == rows[0]["voxels"]
+    assert tuple(table.column_headers) == ("index", "label", "voxels", "mean heat", "peak heat", "share of heat")
+    assert table.data[0][1] == rows[0]["label"] and table.data[0][2] == rows[0]["voxels"]
     widget.csv_path.value = tmp_path / "regions.csv"
     path = widget.export_regions()
     lines = open(path).read().splitlines()
-    assert lines[0] == "label,voxels,mean heat,peak heat,share of heat" and len(lines) == 3
+    header = [line for line in lines if line.startswith("# ")]
+    assert any(line.startswith("# method: hirescam") for line in header)  # what the table came from
+    assert lines[len(header)] == "index,label,voxels,mean heat,peak heat,share of heat" and len(lines) == len(header) + 3

@@ -26,6 +26,20 @@ __all__ = ["explain_cohort", "group_level", "bids_inputs", "loose_inputs", "Sett
            "Input"]
 
 
+def _with_atlas_names(settings: Settings) -> Settings:
+    """The atlas' lookup table: the one given, else one found beside the atlas; checked here, once."""
+    from ..labelnames import LabelNamesError, find_names_beside, read_label_names
+
+    names = Path(settings.atlas_names) if settings.atlas_names else find_names_beside(settings.atlas)
+    if names is None:
+        return settings
+    try:
+        read_label_names(names, image=settings.atlas)
+    except LabelNamesError as err:
+        raise CohortError(f"the atlas' label names cannot be used: {err}") from None
+    return replace(settings, atlas_names=str(names.resolve()), atlas_names_sha256=file_sha256(names))
+
+
 def explain_cohort(inputs: Sequence[Input], out_dir: str | os.PathLike, model: str | os.PathLike,
                    settings: Settings | None = None, *, config: str | os.PathLike | None = None,
                    workers: int | None = None, scheduler: str | None = None, client=None,
@@ -48,6 +62,7 @@ def explain_cohort(inputs: Sequence[Input], out_dir: str | os.PathLike, model: s
         if not atlas.is_file():
             raise CohortError(f"no atlas file {atlas}")
         settings = replace(settings, atlas=str(atlas.resolve()), atlas_sha256=file_sha256(atlas))
+        settings = _with_atlas_names(settings)
     if client is None and scheduler is None and workers != 0 and settings.threads is None:
         cores = os.cpu_count() or 1
         settings = replace(settings, threads=max(1, cores // (workers or cores)))

@@ -2,7 +2,7 @@
 
 An input keeps its source's entities: ``sub-01_ses-1_task-rest_run-2_bold.nii.gz`` explained
 with ``g3dvit`` becomes ``sub-01/ses-1/func/sub-01_ses-1_task-rest_run-2_desc-g3dvit_heatmap.nii.gz``
-beside ``..._heatmap.json`` (the sidecar) and, with an atlas, ``..._regions.tsv``. BIDS labels
+beside ``..._heatmap.json`` (the sidecar), ``..._peaks.tsv`` and, with an atlas, ``..._regions.tsv``. BIDS labels
 are alphanumeric, so a method's ``desc`` label drops its hyphens (``gradcam-elementwise`` ->
 ``gradcamelementwise``).
 """
@@ -75,7 +75,7 @@ class Input:
         folder = Path(out_dir) / self.out_folder
         return Outputs(heatmap=folder / f"{name}_{MAP_SUFFIX}.nii.gz", sidecar=folder / f"{name}_{MAP_SUFFIX}.json",
                        regions=folder / f"{name}_regions.tsv", timeseries=folder / f"{name}_timeseries.tsv",
-                       error=Path(out_dir) / "logs" / f"{name}_error.json")
+                       error=Path(out_dir) / "logs" / f"{name}_error.json", peaks=folder / f"{name}_peaks.tsv")
 
     @property
     def label(self) -> str:
@@ -92,6 +92,7 @@ class Outputs:
     regions: Path
     timeseries: Path  # a 4D run's time course (the widget's Time course table)
     error: Path
+    peaks: Path  # the map's clusters and their peaks in mm (napari_g3dvit.peaks)
 
 
 def _participant(label: str) -> str:

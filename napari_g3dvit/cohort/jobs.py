@@ -41,6 +41,8 @@ class Settings:
     chunk: int = DEFAULT_CHUNK  # timepoints per task
     atlas: str | None = None
     atlas_sha256: str | None = None
+    atlas_names: str | None = None  # a lookup table naming the atlas' labels (dseg.tsv, LUT, FSL XML)
+    atlas_names_sha256: str | None = None
     threads: int | None = None  # torch threads per worker process (None: torch's default)
 
     def __post_init__(self):
@@ -54,9 +56,12 @@ class Settings:
 
     def result_settings(self, method: str) -> dict:
         """The settings that make one method's map what it is (recorded in its sidecar)."""
-        return {"method": method, "layer": self.layer, "pooling": self.pooling, "threshold": self.threshold,
-                "upsample": self.upsample, "target": self.target, "baseline": self.baseline,
-                **self.method_settings(), "atlas_sha256": self.atlas_sha256}
+        out = {"method": method, "layer": self.layer, "pooling": self.pooling, "threshold": self.threshold,
+               "upsample": self.upsample, "target": self.target, "baseline": self.baseline,
+               **self.method_settings(), "atlas_sha256": self.atlas_sha256}
+        if self.atlas_names_sha256:  # named labels change the tables (outputs without names keep theirs)
+            out["atlas_names_sha256"] = self.atlas_names_sha256
+        return out
 
     def method_settings(self) -> dict:
         """The settings only some methods read (``registry.SETTINGS`` beyond layer, pooling, baseline)."""

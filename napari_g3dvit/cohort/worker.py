@@ -19,12 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..peaktable import DEFAULT_MIN_VOXELS
 from ..registry import AUTO
 from ..timecourse import region_heat
 from .jobs import Job, ModelRef
 from .writing import json_default, write_json, write_map, write_table
 
-REGION_COLUMNS = ("timepoint", "label", "voxels", "mean_heat", "peak_heat", "share_of_heat")
+PEAK_COLUMNS = ("timepoint", "cluster", "x_mm", "y_mm", "z_mm", "peak_heat", "voxels", "volume_mm3", "mean_heat",
+                "label")
+REGION_COLUMNS = ("timepoint", "index", "label", "voxels", "mean_heat", "peak_heat", "share_of_heat")
 
 _models: dict[tuple[str, str], object] = {}  # one loaded model per worker process
 _atlases: dict[tuple, np.ndarray] = {}
@@ -130,6 +133,25 @@ def read_volumes(image, t0: int, t1: int) -> np.ndarray:
     return np.ascontiguousarray(data)
 
 
+_atlas_names: dict[tuple, dict] = {}
+
+
+def atlas_names(settings) -> dict[int, str] | None:
+    """value -> name of the atlas' labels from its lookup table (``settings.atlas_names``), cached."""
+    if not settings.atlas_names:
+        return None
+    key = (settings.atlas_names, settings.atlas_names_sha256)
+    if key not in _atlas_names:
+        import nibabel as nib
+
+        from ..labelnames import read_label_names
+
+        values = np.unique(np.rint(np.asarray(nib.load(settings.atlas).dataobj))).astype(np.int64)
+        _atlas_names.clear()
+        _atlas_names[key] = read_label_names(settings.atlas_names, image=settings.atlas, values=values).names
+    return _atlas_names[key]
+
+
 def _atlas_on(atlas: str, image) -> np.ndarray:
     """The atlas' labels on the input's voxels (nearest neighbour through both affines), cached."""
     import nibabel as nib
@@ -153,14 +175,26 @@ def _atlas_on(atlas: str, image) -> np.ndarray:
     return _atlases[key]
 
 
-def regions_tsv_rows(heat: np.ndarray, labels: np.ndarray, timepoint: int | None) -> list[dict]:
+def regions_tsv_rows(heat: np.ndarray, labels: np.ndarray, timepoint: int | None,
+                     names: dict[int, str] | None = None) -> list[dict]:
     """Heat per label of one frame (X, Y, Z) as table rows (the widget's region table's numbers)."""
     from ..regions import region_table
 
-    rows = region_table(heat, labels)
-    return [{"timepoint": "n/a" if timepoint is None else timepoint, "label": r["label"], "voxels": r["voxels"],
+    rows = region_table(heat, labels, names)
+    return [{"timepoint": "n/a" if timepoint is None else timepoint, "index": r["index"], "label": r["label"],
+             "voxels": r["voxels"],
              "mean_heat": r["mean heat"], "peak_heat": r["peak heat"], "share_of_heat": r["share of heat"]}
             for r in rows]
+
+
+def peak_rows(heat: np.ndarray, affine: np.ndarray, labels: np.ndarray | None, names: dict | None,
+              t0: int | None) -> list[dict]:
+    """The clusters of each frame (C, X, Y, Z) as table rows: the widget's peak table, in scanner mm."""
+    from ..peaktable import find_peaks
+
+    return [{"timepoint": "n/a" if t0 is None else t0 + i, **row}
+            for i, frame in enumerate(heat)
+            for row in find_peaks(frame, affine, labels=labels, names=names).rows()]
 
 
 # -- explaining a chunk ---------------------------------------------------------------------------------------
@@ -177,6 +211,7 @@ class Chunk:
     explained: list = field(default_factory=list)  # (C,) explained class per timepoint
     predicted: list = field(default_factory=list)  # (C,)
     regions: dict = field(default_factory=dict)  # method -> rows
+    peaks: dict = field(default_factory=dict)  # method -> rows (clusters of each timepoint's map)
     heat_curve: dict = field(default_factory=dict)  # method -> (C,) heat in the atlas' labels, or peak
     timings: dict = field(default_factory=dict)
     batch_size: int = 0
@@ -239,6 +274,7 @@ def explain_chunk(job: Job, t0: int, t1: int, choice=None) -> Chunk:
     explain_s = time.perf_counter() - start
     series = volumes.ndim == 4
     labels = _atlas_on(job.settings.atlas, image) if job.settings.atlas else None
+    names = atlas_names(job.settings) if labels is not None else None
     for method, exp in results.items():
         heat = turn.to_volume(exp.heatmap)
         heat = heat if series else heat[None]
@@ -246,8 +282,9 @@ def explain_chunk(job: Job, t0: int, t1: int, choice=None) -> Chunk:
         chunk.methods[method] = {"method": exp.method, "layer": exp.layer, "details": exp.extra}
         if labels is not None:
             chunk.regions[method] = [row for i, frame in enumerate(heat)
-                                     for row in regions_tsv_rows(frame, labels, t0 + i if series else None)]
+                                     for row in regions_tsv_rows(frame, labels, t0 + i if series else None, names)]
         chunk.heat_curve[method] = region_heat(heat, labels)[0].tolist()
+        chunk.peaks[method] = peak_rows(heat, image.affine, labels, names, t0 if series else None)
     first = next(iter(results.values()))
     chunk.probabilities = np.atleast_2d(first.probabilities).tolist()
     chunk.explained = np.atleast_1d(first.target).tolist()
@@ -387,6 +424,7 @@ def finish(job: Job, infos: list[dict], heat: dict | None = None) -> dict:
         regions = [row for i in infos for row in i["regions"].get(method, [])]
         if job.settings.atlas:
             write_table(outputs.regions, regions, REGION_COLUMNS)
+        write_table(outputs.peaks, [row for i in infos for row in i.get("peaks", {}).get(method, [])], PEAK_COLUMNS)
         if time_len is not None:
             write_time_course(outputs.timeseries, job, infos, method, tr, names)
         used = infos[0]["methods"][method]
@@ -407,7 +445,10 @@ def finish(job: Job, infos: list[dict], heat: dict | None = None) -> dict:
             "predicted_name": [names[p] if p < len(names) else str(p) for p in predicted],
             "probabilities": probabilities,
             "time_course": outputs.timeseries.name if time_len is not None else None,
-            "regions": ({"atlas": job.settings.atlas, "table": outputs.regions.name,
+            "peaks": {"table": outputs.peaks.name, "threshold": "half of each map's maximum",
+                      "clusters": f"26-connected, at least {DEFAULT_MIN_VOXELS} voxels",
+                      "coordinates": "scanner mm (the source's affine)"},
+            "regions": ({"atlas": job.settings.atlas, "names": job.settings.atlas_names, "table": outputs.regions.name,
                          "mean_over_time": _mean_rows(regions)} if job.settings.atlas else None),
             "timings": {**timings, "write_s": round(timings["write_s"] + time.perf_counter() - start, 4),
                         "chunks": len(infos), "batch_sizes": sorted({i["batch_size"] for i in infos}),
