@@ -7,7 +7,8 @@ Public API::
     g3d.token_layers(model)
     model = g3d.load_model("model.safetensors")      # config from model.json beside it
     exp = g3d.explain(model, volume, method="g3dvit", ...)
-    g3d.save_model(module, "model.safetensors", config)
+    g3d.save_model(module, "model.safetensors", config, space="train_001.nii.gz")
+    exp = g3d.explain(model, "sub-01_space-MNI152NLin2009cAsym_res-2_bold.nii.gz")  # any grid in its space
 
 Names that need torch are imported on first use, so importing the package (as napari does to
 read the plugin manifest) stays fast.
@@ -37,6 +38,11 @@ _LAZY = {
     "save_model": ".models.loading",
     "ConfigError": ".models.config",
     "CheckpointError": ".models.checkpoint",
+    "set_input_space": ".models.loading",
+    "ModelSpace": ".models.space",
+    "explain_in_space": ".models.space",
+    "available_devices": ".devices",
+    "resolve_device": ".devices",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,7 +50,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .explanation import Explanation
     from .models.checkpoint import CheckpointError
     from .models.config import ConfigError
-    from .models.loading import load_model, save_model
+    from .devices import available_devices, resolve_device
+    from .models.loading import load_model, save_model, set_input_space
+    from .models.space import ModelSpace, explain_in_space
 
 __all__ = [
     "METHODS",

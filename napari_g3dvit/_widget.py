@@ -26,7 +26,17 @@ from magicgui.widgets import (
     Table,
 )
 
-from .options import AUTO, BASELINES, CAM_METHODS, DEFAULT_THRESHOLD, METHODS, POOLINGS, UPSAMPLE_MODES
+from .options import (
+    AUTO,
+    BASELINES,
+    CAM_METHODS,
+    DEFAULT_INTERPOLATION,
+    DEFAULT_THRESHOLD,
+    INTERPOLATIONS,
+    METHODS,
+    POOLINGS,
+    UPSAMPLE_MODES,
+)
 from .runner import (
     DEFAULT_STEP,
     MODEL_KEY,
@@ -50,6 +60,8 @@ AUTO_CHOICE = ("auto (most faithful)", AUTO)  # (shown, value)
 #: methods whose map depends on what replaces removed voxels
 BASELINE_METHODS = (AUTO, "occlusion", "integrated-gradients")
 NO_MODEL = "no model loaded: pick a checkpoint"
+#: errors read as errors on napari's dark and light themes alike
+ERROR_STYLE = "color: #ff5c5c; font-weight: bold;"
 
 TOOLTIPS = {
     "volume": "The image layer to explain: a 3D volume, or a 4D series with time first.",
@@ -71,7 +83,13 @@ TOOLTIPS = {
     "target": "The class the map explains: the model's prediction, or a class you name.",
     "threshold": "Keep this percentage of the hottest tokens (5 as published; 100 keeps all).",
     "upsample": "From the token grid to voxels: trilinear, or nearest (each token fills its patch).",
-    "device": "Where the model runs: a CUDA GPU when there is one, else the CPU.",
+    "device": "Where the model runs; the first entry is the default: a CUDA GPU when there is one, Apple's GPU "
+              "(mps) on a Mac that has one, else the CPU. Operations Apple's GPU lacks run on the CPU (said in "
+              "the result).",
+    "model_space": "The grid the model was trained on (its config's input_space), and whether this layer is "
+                   "on it or resampled into it (and its map back onto the layer's voxels).",
+    "interpolation": "How a layer on another grid is resampled into the model's grid and its map back: "
+                     "trilinear, or nearest (each voxel takes its nearest neighbour's value).",
     "timepoints": "For a 4D series: only the timepoint at the time slider, or every timepoint.",
     "batch_size": "Timepoints per forward pass and per step; lower it when memory runs out.",
     "run_button": "Compute the map in the background and add it as a heatmap layer.",
@@ -105,6 +123,7 @@ class ExplainWidget(Container):
         self.config = FileEdit(label="config (JSON)", mode="r", filter="*.json", visible=False)
         self.summary = Label(label="model", value=NO_MODEL)
         self.model_orientation = Label(label="orientation", value="")
+        self.model_space = Label(label="space", value="")
         self.hook_layer = ComboBox(label="hook layer", choices=[])
         self.method = ComboBox(label="method", choices=[AUTO_CHOICE, *((m, m) for m in METHODS)], value=AUTO)
         self.baseline = ComboBox(label="baseline", choices=[("each method's default", None), *((b, b) for b in BASELINES)],
@@ -114,6 +133,8 @@ class ExplainWidget(Container):
         self.threshold = FloatSpinBox(label="keep top %", value=DEFAULT_THRESHOLD, min=0.1, max=100.0, step=1.0)
         self.upsample = ComboBox(label="upsampling", choices=UPSAMPLE_MODES, value="trilinear")
         self.device = ComboBox(label="device", choices=["cpu"], value="cpu")
+        self.interpolation = ComboBox(label="resampling", choices=list(INTERPOLATIONS), value=DEFAULT_INTERPOLATION,
+                                      visible=False)
         self.timepoints = ComboBox(label="timepoints", choices=[CURRENT, ALL], value=CURRENT, visible=False)
         self.batch_size = SpinBox(label="batch size", value=DEFAULT_STEP, min=1, max=256, visible=False)
         self.run_button = PushButton(text="Explain", enabled=False)
@@ -125,9 +146,9 @@ class ExplainWidget(Container):
         self.region_table = Table(value=[], visible=False)
         self.csv_path = FileEdit(label="export to", mode="w", filter="*.csv", value=Path.home() / "regions.csv")
         self.export_button = PushButton(text="Export CSV", enabled=False)
-        self.extend([self.volume, self.checkpoint, self.config, self.summary, self.model_orientation, self.hook_layer,
-                     self.method, self.baseline, self.pooling, self.target, self.threshold, self.upsample, self.device,
-                     self.timepoints, self.batch_size, self.run_button, self.cancel_button, self.progress,
+        self.extend([self.volume, self.checkpoint, self.config, self.summary, self.model_orientation,
+                     self.model_space, self.hook_layer, self.method, self.baseline, self.pooling, self.target,
+                     self.threshold, self.upsample, self.device, self.interpolation, self.timepoints, self.batch_size, self.run_button, self.cancel_button, self.progress,
                      self.result, self.regions, self.region_button, self.region_table, self.csv_path,
                      self.export_button])
         for name, tip in TOOLTIPS.items():
@@ -139,6 +160,7 @@ class ExplainWidget(Container):
         self.config.changed.connect(self._on_checkpoint_changed)
         self.method.changed.connect(self._sync_pooling)
         self.device.changed.connect(self._show_model_summary)
+        self.interpolation.changed.connect(lambda _v: self._show_orientation())
         self.timepoints.changed.connect(lambda _v: self._sync_series_controls())
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -154,7 +176,7 @@ class ExplainWidget(Container):
     def _wrap_labels(self) -> None:
         from qtpy.QtWidgets import QSizePolicy
 
-        for label in (self.summary, self.model_orientation, self.result):  # long lines wrap, never cut
+        for label in (self.summary, self.model_orientation, self.model_space, self.result):  # long lines wrap, never cut
             label.native.setWordWrap(True)
             label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
             label.native.setMinimumWidth(240)
@@ -200,10 +222,15 @@ class ExplainWidget(Container):
         self.batch_size.visible = series and self.timepoints.value == ALL
 
     def _show_error(self, message: str) -> None:
-        """One place for an error: the widget's result line (wrapped), and the log."""
+        """One place for an error: the widget's result line (wrapped, in the error colour), and the log."""
         self.last_error = message
-        self.result.value = f"error: {message}"
+        self._say(f"error: {message}", error=True)
         log.warning("napari-g3dvit: %s", message)
+
+    def _say(self, text: str, error: bool = False) -> None:
+        """Show ``text`` on the result line, styled as an error or as plain text."""
+        self.result.value = text
+        self.result.native.setStyleSheet(ERROR_STYLE if error else "")
 
     # -- volume and model -----------------------------------------------------------------------------------
 
@@ -278,7 +305,7 @@ class ExplainWidget(Container):
             self.config.visible = "needs a config" in outcome.message or config is not None
             self._show_error(outcome.message)
             return
-        from napari_g3dvit.api import available_devices
+        from napari_g3dvit.devices import available_devices, device_label
 
         self.loaded = outcome
         summary = outcome.summary
@@ -293,11 +320,12 @@ class ExplainWidget(Container):
             self.method.value = recommended["method"]
         if "target" in recommended:
             self.target.value = recommended["target"]
-        self.device.choices = available_devices()
-        self.device.value = self.device.choices[0]
+        self.device.choices = [(device_label(name), name) for name in available_devices()]
+        self.device.value = self.device.choices[0]  # the default: the first (a GPU when there is one)
+        self.interpolation.visible = bool(outcome.config.get("input_space"))
         self._show_model_summary()
         self._show_orientation()
-        self.result.value = f"loaded {path.name}"
+        self._say(f"loaded {path.name}")
         self.last_error = ""
 
     def _show_model_summary(self, _value=None) -> None:
@@ -308,10 +336,11 @@ class ExplainWidget(Container):
         """Say which orientation the model will get for the selected volume."""
         layer = self.volume.value
         if self.loaded is None or layer is None or layer.ndim not in (3, 4):
-            self.model_orientation.value = ""
+            self.model_orientation.value = self.model_space.value = ""
             return
-        run = ExplainRun(self.loaded, VolumeSource.from_layer(layer), {})
+        run = ExplainRun(self.loaded, VolumeSource.from_layer(layer), {}, interpolation=self.interpolation.value)
         self.model_orientation.value = run.orientation_note()
+        self.model_space.value = run.space_note()
 
     def _sync_buttons(self) -> None:
         busy = self._worker is not None
@@ -358,7 +387,7 @@ class ExplainWidget(Container):
 
         timepoint = self._current_timepoint(layer) if layer.ndim == 4 and self.timepoints.value == CURRENT else None
         run = ExplainRun(self.loaded, VolumeSource.from_layer(layer), self.settings(), timepoint=timepoint,
-                         step=self.batch_size.value)
+                         step=self.batch_size.value, interpolation=self.interpolation.value)
         run.warn_if_orientation_unknown()
         worker = create_worker(run.steps, _ignore_errors=True)
         worker.yielded.connect(self._on_progress)
@@ -369,7 +398,7 @@ class ExplainWidget(Container):
         self._worker = worker
         self._sync_buttons()
         self.progress.value = 0
-        self.result.value = "explaining" + (f" timepoint {timepoint}..." if timepoint is not None else "...")
+        self._say("explaining" + (f" timepoint {timepoint}..." if timepoint is not None else "..."))
         worker.start()
         return worker
 
@@ -393,7 +422,7 @@ class ExplainWidget(Container):
         self.progress.value = done
 
     def _on_aborted(self) -> None:
-        self.result.value = "cancelled: nothing was added"
+        self._say("cancelled: nothing was added")
 
     def _on_finished(self) -> None:
         self._worker = None
@@ -420,7 +449,7 @@ class ExplainWidget(Container):
         # napari hands plugins a proxy of the viewer, and each access wraps a layer anew: keep the
         # layer itself, so the same layer compares as the same object run after run
         self.last_layer = getattr(out, "__wrapped__", out)
-        self.result.value = outcome.summary
+        self._say(outcome.summary)
         self.result.tooltip = f"heatmap layer: {out.name}" + outcome.details()
         self.last_error = ""
 
@@ -461,7 +490,7 @@ class ExplainWidget(Container):
         if source and Path(self.csv_path.value) == Path.home() / "regions.csv":  # beside the data
             volume = heat_layer.metadata.get(RESULT_KEY, {}).get("volume", "heatmap")
             self.csv_path.value = Path(source).with_name(f"{volume}_regions.csv")
-        self.result.value = f"{len(rows)} labels of '{labels.name}' on the heatmap of '{heat_layer.name}'"
+        self._say(f"{len(rows)} labels of '{labels.name}' on the heatmap of '{heat_layer.name}'")
         return rows
 
     def export_regions(self, _value=None) -> str | None:
@@ -476,6 +505,6 @@ class ExplainWidget(Container):
         except OSError as err:
             self._show_error(f"could not write {target}: {err.strerror or err}")
             return None
-        self.result.value = f"region table written to {path}"
+        self._say(f"region table written to {path}")
         self.result.tooltip = str(path)
         return path

@@ -14,8 +14,10 @@ from .cam.engine import prepared_model, run_capture
 from .cam.methods import TOKEN_SCORES
 from .cam.postprocess import keep_top_percent, normalise_tokens, tokens_to_voxels
 from .cam.result import class_probabilities
+from .devices import available_devices, resolve_device  # noqa: F401  (public here since 0.1)
 from .errors import SettingsError, VolumeError
 from .explanation import Explanation
+from .front import front
 from .models import find_adapter
 from .models.layers import probe_token_layers, resolve_layer
 from .models.preprocessing import Preprocessing
@@ -41,25 +43,6 @@ from .options import (
 )
 
 DEFAULT_BATCH_SIZE = 8
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """CUDA when available for ``None``; otherwise the named device, checked to exist."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise SettingsError(f"{device!r} is not a device name; use 'cpu', 'cuda' or 'cuda:N'") from err
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SettingsError("device 'cuda' was asked for, but this machine has no usable CUDA GPU")
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise SettingsError(f"device {str(dev)!r} does not exist: this machine has {count} CUDA GPU(s)")
-    elif dev.type != "cpu":
-        raise SettingsError(f"device {str(dev)!r} is not supported; use 'cpu', 'cuda' or 'cuda:N'")
-    return dev
 
 
 def _native_array(volume) -> np.ndarray:
@@ -201,12 +184,6 @@ def _empty_map_reason(method: str, layer: str, low: float, high: float) -> str:
             "another layer or method")
 
 
-def available_devices() -> list[str]:
-    """Devices that exist on this machine, the default first."""
-    devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    return devices + ["cpu"]
-
-
 def explain(
     model: nn.Module,
     volume,
@@ -229,7 +206,9 @@ def explain(
     model:      an nn.Module that is, or contains, a vit-pytorch 3D ViT; the score is the whole
                 module's output for the target class.
     volume:     array or tensor (D, H, W), or (T, D, H, W) for a series of timepoints; in the
-                model's input size, or any size its config's preprocessing turns into it.
+                model's input size, or any size its config's preprocessing turns into it. Or a
+                NIfTI path or nibabel image: resampled into the model's ``input_space``, and the
+                maps come back on its own grid (``models/space.py``).
     method:     one of ``METHODS``, ``"auto"`` (the most faithful candidate on this volume, see
                 ``choose_method``), or a list of methods (each family computed once for all).
     layer:      for the CAM methods: None for the last block's attention-input LayerNorm, a
@@ -253,6 +232,9 @@ def explain(
     Returns an ``Explanation``; a list of methods gives ``{method: Explanation}``, a list of
     layers ``{layer: Explanation}``, and both ``{(method, layer): Explanation}``.
     """
+    placed = front(explain, locals())  # NIfTI into the model's space, misfits named, mps -> cpu
+    if placed is not None:
+        return placed
     if isinstance(method, str) and method == AUTO:
         from .choice import explain_auto
 

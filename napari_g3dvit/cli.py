@@ -1,6 +1,7 @@
 """Command line: ``g3dvit napari`` (napari with a sample, its model and the widget),
 ``g3dvit demo`` (explain a synthetic volume to NIfTI, headless), ``g3dvit train NAME``
-(re-make a shipped sample model), ``g3dvit bids`` (a BIDS App: a dataset's files on Dask
+(re-make a shipped sample model), ``g3dvit model set-space CKPT --like IMAGE`` (record the grid
+a model was trained on), ``g3dvit bids`` (a BIDS App: a dataset's files on Dask
 workers, then a group table) and ``g3dvit batch`` (the same for files named directly)."""
 
 from __future__ import annotations
@@ -95,6 +96,17 @@ def _train(args: argparse.Namespace) -> int:
 
     for name in args.names:
         train_recipe(name, Path(args.out), device=args.device, epochs=args.epochs, progress=not args.quiet)
+    return 0
+
+
+def _set_space(args: argparse.Namespace) -> int:
+    from .models.loading import set_input_space
+    from .models.space import ModelSpace
+
+    space = ModelSpace.from_image(args.like, template=args.template)
+    set_input_space(args.checkpoint, space, config=args.config)
+    print(f"{Path(args.checkpoint).name}: input_space set to {space.describe()} ({space.grid.box()}), "
+          f"from {Path(args.like).name}")
     return 0
 
 
@@ -227,6 +239,18 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=_train)
+    model = sub.add_parser("model", help="edit a model's config: set-space records the grid it was trained on")
+    model_sub = model.add_subparsers(dest="action", required=True)
+    set_space = model_sub.add_parser(
+        "set-space", help="record the grid the model was trained on (affine, shape) from a reference image, "
+                          "so that scans on any grid in that space are resampled into it")
+    set_space.add_argument("checkpoint", metavar="CKPT")
+    set_space.add_argument("--like", required=True, metavar="IMAGE.nii.gz",
+                           help="a volume on the training grid (one training image)")
+    set_space.add_argument("--template", metavar="NAME",
+                           help="the template its millimetres are in, e.g. MNI152NLin2009cAsym")
+    set_space.add_argument("--config", metavar="JSON", help="the config to change, when not beside the checkpoint")
+    set_space.set_defaults(run=_set_space)
     methods = [*METHODS, AUTO]
     bids = sub.add_parser("bids", help="a BIDS App: explain a dataset's files on Dask workers (participant), "
                                        "then tabulate them (group)")
