@@ -359,8 +359,13 @@ def write_table(courses: TimeCourses, path: str | os.PathLike) -> str:
     from .atomic import write_atomic
 
     path = Path(path)
-    delimiter = "\t" if path.name.lower().endswith(".tsv") else ","
-    columns = courses.columns()
+    write_atomic(path, table_writer(courses, "\t" if path.name.lower().endswith(".tsv") else ","))
+    return str(path)
+
+
+def table_writer(courses: TimeCourses, delimiter: str = "\t", leave_out: Sequence[str] = ()):
+    """A writer (``atomic.stage``) of the curves as a table, without the columns ``leave_out`` names."""
+    columns = {name: values for name, values in courses.columns().items() if name not in leave_out}
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
@@ -368,8 +373,7 @@ def write_table(courses: TimeCourses, path: str | os.PathLike) -> str:
             writer.writerow(columns)
             writer.writerows(zip(*columns.values()))
 
-    write_atomic(path, write)
-    return str(path)
+    return write
 
 
 def read_table(path: str | os.PathLike) -> dict[str, list[str]]:

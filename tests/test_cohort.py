@@ -157,7 +157,7 @@ def test_participant_and_group_levels_on_a_local_cluster(tmp_path, cluster):
     assert len(rows) == 2 * 6 * 2 and summary["inputs"] == 4
     first = rows[0]
     assert first["subject"] == "01" and first["session"] == "1" and first["run"] == "1"
-    assert {"p_Left", "p_Middle", "p_Right", "heat_1", "heat_2"} <= set(first)
+    assert {"p_left", "p_middle", "p_right", "heat_1", "heat_2"} <= set(first)  # names as the config spells them
     assert first["time_s"] == "0" and rows[1]["time_s"] == "2"
     assert summary["mean_maps"]["g3dvit"]
 
@@ -226,8 +226,9 @@ def test_a_worker_killed_mid_run_has_its_tasks_redone(tmp_path, cluster):
         "report", explain_cohort(bids_inputs(bids), out, model, settings, client=client, progress=False)))
     thread.start()
     deadline = time.time() + 60
-    while not list(out.glob(".g3dvit-parts/*/*.npz")) and time.time() < deadline:
+    while not list(out.rglob(".*_heatmap.nii.gz.*")) and time.time() < deadline:  # a map being written
         time.sleep(0.02)
+    assert not list(out.rglob("*_heatmap.json")), "an input finished before the kill; the test proves less"
     pids = client.run(os.getpid)
     victim = next(iter(pids.values()))
     os.kill(victim, signal.SIGKILL)
