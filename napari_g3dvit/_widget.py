@@ -320,6 +320,8 @@ class ExplainWidget(Container):
             self.method.value = recommended["method"]
         if "target" in recommended:
             self.target.value = recommended["target"]
+        with self.device.changed.blocked():
+            self.device.choices = []  # refilled in order: magicgui would keep an old entry first
         self.device.choices = [(device_label(name), name) for name in available_devices()]
         self.device.value = self.device.choices[0]  # the default: the first (a GPU when there is one)
         self.interpolation.visible = bool(outcome.config.get("input_space"))

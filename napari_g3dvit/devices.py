@@ -61,7 +61,8 @@ def resolve_device(device):
     import torch
 
     if device is None:
-        return torch.device(default_device())
+        default = default_device()
+        return torch.device("cuda" if default.startswith("cuda") else default)  # "cuda": the current GPU
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:

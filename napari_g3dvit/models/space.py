@@ -199,7 +199,9 @@ class SpacePlan:
         from scipy.ndimage import affine_transform
 
         array = np.asarray(array)
-        matrix = np.linalg.solve(source.affine, target.affine)  # target voxel -> source voxel
+        # target voxel -> source voxel; rounded so that float noise (-1e-16) does not push a voxel
+        # centre lying exactly on the other grid's edge outside it
+        matrix = np.round(np.linalg.solve(source.affine, target.affine), 9)
         order = INTERPOLATIONS[self.interpolation]
         lead = array.shape[:-3]
         flat = array.reshape((-1, *array.shape[-3:]))
