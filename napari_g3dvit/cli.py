@@ -203,8 +203,13 @@ def _run_cohort(args: argparse.Namespace, inputs_of, bids_dir=None) -> int:
                                     progress=not args.quiet, bids_dir=bids_dir, on_start=started)
             print(report.summary())
             if report.done or report.skipped or report.failed:
-                group_level(out)
-                print(f"group table: {out / 'group' / 'timepoints.tsv'}")
+                try:
+                    group_level(out)
+                    print(f"group table: {out / 'group' / 'timepoints.tsv'}")
+                except OSError as err:  # a full disk: the participant outputs stand; say what is missing
+                    print(f"g3dvit: the group table could not be written ({err.strerror or err}); run "
+                          f"'g3dvit bids ... group' on {out} once there is room", file=sys.stderr)
+                    return 1
     except KeyboardInterrupt:
         print("g3dvit: interrupted; finished outputs are complete. Run the same command again to do the rest.",
               file=sys.stderr)

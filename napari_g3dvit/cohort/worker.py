@@ -374,7 +374,13 @@ def explain_chunk(job: Job, t0: int, t1: int, choice=None, image=None, volumes=N
 def _failure(job: Job, err: BaseException) -> dict:
     from ..runner import describe_error
 
-    return {"input": str(job.input.path), "error": describe_error(err, job.settings.device)}
+    if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):  # a full disk, a read-only folder
+        where = f" ({err.filename})" if err.filename else ""
+        message = (f"its outputs could not be written: {err.strerror or err}{where}; an earlier output of it, "
+                   "if any, is kept whole")
+    else:
+        message = describe_error(err, job.settings.device)
+    return {"input": str(job.input.path), "error": message}
 
 
 def _worker_facts() -> dict:
