@@ -144,8 +144,17 @@ class VolumeSource:
 
     @property
     def grid_affine(self) -> np.ndarray:
-        """(4, 4) voxel -> world of the spatial axes (the layer's world transform is its affine)."""
-        return spatial_matrix(self.to_world)
+        """(4, 4) voxel -> world of the spatial axes: the layer's world transform, or, for a layer
+        read from a NIfTI file, the file's exact affine for the array as read (napari shows an
+        oblique scan axis-aligned; the exact rotation is in its metadata)."""
+        shown = spatial_matrix(self.to_world)
+        exact = (self.metadata.get("nifti") or {}).get("canonical_affine")
+        if exact is None:
+            return shown
+        exact = np.asarray(exact, dtype=float)
+        as_read = np.diag([*np.linalg.norm(exact[:3, :3], axis=0), 1.0])  # how the reader placed it
+        as_read[:3, 3] = exact[:3, 3]
+        return exact if np.allclose(shown, as_read, atol=1e-4) else shown  # unless the layer was moved
 
     def spatial_transform(self, ndim: int) -> dict:
         """The layer transform for an ``ndim``-D layer on the same voxels (3: one timepoint).
@@ -297,7 +306,7 @@ class ExplainRun:
             return f"model's grid: {space.describe()} (this layer has no placement; taken as on it)"
         if not self.space_plan.resample:
             return f"on the model's grid: {space.describe()}"
-        return f"{self.space_plan.note()}: {space.describe()}"
+        return f"{self.space_plan.note()}. Model's grid: {space.describe()}"
 
     def warn_if_orientation_unknown(self) -> None:
         """Warn once per model file when its config does not name ``input_orientation``."""
