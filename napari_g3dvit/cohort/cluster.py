@@ -5,10 +5,13 @@ processes print tracebacks when it arrives while they start. So ``g3dvit bids/ba
 local scheduler and workers in a helper process in a session of its own
 (``python -m napari_g3dvit.cohort.cluster``): only the command itself gets Ctrl-C, at any moment,
 and stops the helper (and with it every worker) quietly. The helper also stops when its parent
-dies (its stdin closes), so a killed run leaves no workers behind. Its Dask log goes to a file.
+dies (its stdin closes), so a killed run leaves no workers behind. The helper inherits the run's
+lock on its output folder (``lock.py``), so even the workers of a killed run are gone before
+another run can take the folder. Its Dask log goes to a file.
 
 Helper protocol: it prints one JSON line ``{"address": ..., "dashboard": ...}`` as soon as its
-scheduler listens, then starts the workers; it closes the cluster when its stdin reaches EOF.
+scheduler listens, then starts the workers; when its stdin reaches EOF (the run is over, or its
+command died) it stops itself and every worker at once: no task of that run is wanted any more.
 """
 
 from __future__ import annotations
@@ -27,13 +30,16 @@ class DetachedCluster:
     """The helper process running a ``LocalCluster`` (scheduler and ``workers`` worker processes)."""
 
     def __init__(self, workers: int, threads: int, dashboard: bool = True):
+        from .lock import held_descriptors
+
         self.workers = workers
         self.log = Path(tempfile.mkstemp(prefix="g3dvit-dask-", suffix=".log")[1])
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "napari_g3dvit.cohort.cluster", str(workers), str(threads),
-                 "1" if dashboard else "0"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+                 "1" if dashboard else "0", str(self.log)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, start_new_session=True,
+                pass_fds=held_descriptors())
         try:
             line = self.process.stdout.readline()
             facts = json.loads(line) if line.strip() else None
@@ -54,7 +60,7 @@ class DetachedCluster:
             return ""
 
     def close(self, timeout: float = 20.0) -> None:
-        """Shut the cluster down in order (workers finish their task's cleanup, then exit)."""
+        """End the cluster (the helper stops its workers when its stdin closes) and wait for it."""
         if self.process.poll() is None:
             try:
                 self.process.stdin.close()
@@ -108,23 +114,23 @@ def wait_for_workers(client, count: int, show: bool = True, timeout: float = 300
         bar.close()
 
 
-def serve(workers: int, threads: int, dashboard: bool) -> None:
-    """The helper's main: a local cluster until stdin closes."""
-    import logging
-
+def serve(workers: int, threads: int, dashboard: bool, log: str) -> None:
+    """The helper's main: a local cluster until stdin closes, then every process of it stopped."""
     from .run import local_cluster
 
-    cluster = local_cluster(0, threads, dashboard=dashboard)
-    print(json.dumps({"address": cluster.scheduler_address, "dashboard": cluster.dashboard_link if dashboard else None}),
-          flush=True)
-    cluster.scale(workers)
+    parent = os.getppid()
     try:
-        sys.stdin.buffer.read()  # EOF: the parent closed it, or died
+        cluster = local_cluster(0, threads, dashboard=dashboard)
+        print(json.dumps({"address": cluster.scheduler_address,
+                          "dashboard": cluster.dashboard_link if dashboard else None}), flush=True)
+        cluster.scale(workers)
+        sys.stdin.buffer.read()  # EOF: the parent closed it (its run is over), or died
     finally:
-        logging.getLogger("distributed").setLevel(logging.CRITICAL)
-        cluster.close(timeout=15)
+        if os.getppid() != parent:  # its command died: nobody else will remove the log
+            Path(log).unlink(missing_ok=True)
+        os.killpg(0, signal.SIGKILL)  # the workers and this helper at once: nothing of the run goes on
 
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # only the parent decides when this stops
-    serve(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1")
+    serve(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4])

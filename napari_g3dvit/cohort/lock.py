@@ -2,8 +2,9 @@
 
 A run holds ``OUT_DIR/.g3dvit-lock`` (an exclusive ``flock``) from planning to its group table.
 A second run into the same folder is refused at once with who holds it; the lock goes with its
-process, so a killed run never leaves the folder locked (its file stays until the next run
-takes and removes it). The lock is re-entrant within one process.
+process (and the helper running its local workers, which inherits it), so a killed run never
+leaves the folder locked (its file stays until the next run takes and removes it). The lock is
+re-entrant within one process.
 """
 
 from __future__ import annotations
@@ -25,15 +26,42 @@ class OutputBusy(CohortError):
     """Another run is writing into the same output folder."""
 
 
-def _holder(path: Path) -> str:
+#: how long a run waits for the workers of a run whose command is gone to stop (they hold its lock)
+WAIT_FOR_A_STOPPING_RUN_S = 20.0
+
+
+def _facts(path: Path) -> dict:
     try:
-        facts = json.loads(path.read_text() or "{}")
+        return json.loads(path.read_text() or "{}")
     except (OSError, ValueError):
-        facts = {}
+        return {}
+
+
+def _holder(facts: dict) -> str:
     if not facts:
         return ""
     since = time.strftime("%H:%M:%S", time.localtime(facts.get("since", 0)))
     return f" (process {facts.get('pid')} on {facts.get('host')}, since {since})"
+
+
+def _stopping(facts: dict) -> bool:
+    """The run that took the lock was on this machine and its command is gone: what still holds the
+    lock is its helper stopping the workers (a matter of moments)."""
+    if facts.get("host") != socket.gethostname() or not isinstance(facts.get("pid"), int):
+        return False
+    try:
+        os.kill(facts["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def held_descriptors() -> tuple[int, ...]:
+    """The open lock files of this process: a helper process that inherits them holds the folders
+    until it exits too (flock belongs to the open file, shared by every process that has it)."""
+    return tuple(fd for fd, _ in _held.values())
 
 
 @contextmanager
@@ -54,13 +82,18 @@ def output_lock(out_dir: str | os.PathLike):
             _held[key][1] -= 1
         return
     path = folder / LOCK_NAME
+    deadline = time.monotonic() + WAIT_FOR_A_STOPPING_RUN_S
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise OutputBusy(f"another g3dvit run is writing into {folder}{_holder(path)}; wait for it to "
+            facts = _facts(path)
+            if _stopping(facts) and time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
+            raise OutputBusy(f"another g3dvit run is writing into {folder}{_holder(facts)}; wait for it to "
                              "finish, or give this run another output folder") from None
         try:  # the last holder may have removed the file between our open and our lock
             same = os.stat(path).st_ino == os.fstat(fd).st_ino

@@ -301,11 +301,12 @@ def space_plan(job: Job, loaded, image):
     return _plans[key]
 
 
-def explain_chunk(job: Job, t0: int, t1: int, choice=None, image=None, volumes=None, read_s: float = 0.0) -> Chunk:
+def explain_chunk(job: Job, t0: int, t1: int, choice=None, image=None, volumes=None, read_s: float = 0.0,
+                  loaded=None) -> Chunk:
     """Explain timepoints ``t0:t1`` of the job's input with every method of the job.
 
     image / volumes: the input and those timepoints when the caller read them already (else read
-    here). The input is resampled into the model's grid when it is on another one, and each map
+    here); loaded: the model when the caller holds it (and has set torch's threads). The input is resampled into the model's grid when it is on another one, and each map
     brought back onto the input's voxels. On an out-of-memory error the chunk is explained again
     with half the batch, down to one.
     """
@@ -315,7 +316,9 @@ def explain_chunk(job: Job, t0: int, t1: int, choice=None, image=None, volumes=N
     from ..orientation import reorientation_for
 
     chunk = Chunk(t0=t0, t1=t1)
-    loaded, load_s = loaded_model(job.model, job.settings.threads)
+    load_s = 0.0
+    if loaded is None:
+        loaded, load_s = loaded_model(job.model, job.settings.threads)
     if volumes is None:
         start = time.perf_counter()
         image = image if image is not None else _reading(job.input.path)
@@ -429,11 +432,21 @@ def choose_task(job: Job):
         return _failure(job, err)
 
 
+#: when reading a chunk takes more than this share of explaining it, the model gets one thread
+#: fewer and that core reads and writes beside it (threads that share a core with the model's
+#: OpenMP threads slow them more than they overlap)
+READ_SHARE_FOR_A_CORE = 0.2
+
+
 def input_task(job: Job, progress=None) -> dict:
     """Explain one input whole, chunk by chunk, and write its outputs (reads and writes overlapped)."""
+    import torch
+
     streams: dict[str, MapStream] = {}
+    threads = None
     try:
         loaded, _ = loaded_model(job.model, job.settings.threads)
+        threads = torch.get_num_threads()
         image = open_source(job.input.path, keep_open=True)
         ranges = job.chunks
         choice = _choose(job, loaded, image) if AUTO in job.methods and len(ranges) > 1 else None
@@ -441,25 +454,33 @@ def input_task(job: Job, progress=None) -> dict:
             target = job.outputs(method).heatmap
             target.parent.mkdir(parents=True, exist_ok=True)
             streams[method] = MapStream(target, image, map_shape(image))
-        infos, write_s = [], 0.0
-        for (t0, t1), volumes, read_s in prefetched(image, ranges):
-            chunk = explain_chunk(job, t0, t1, choice, image=image, volumes=volumes, read_s=read_s)
+        infos, waited_s = [], 0.0
+        for index, ((t0, t1), volumes, read_s) in enumerate(prefetched(image, ranges)):
+            chunk = explain_chunk(job, t0, t1, choice, image=image, volumes=volumes, read_s=read_s, loaded=loaded)
+            if (index == 0 and len(ranges) > 1 and threads > 1
+                    and read_s > READ_SHARE_FOR_A_CORE * chunk.timings["explain_s"]):
+                torch.set_num_threads(threads - 1)
+            chunk.timings["torch_threads"] = torch.get_num_threads()
             start = time.perf_counter()
             for method, stream in streams.items():
                 stream.put(chunk.heat[method])
-            write_s += time.perf_counter() - start
+            waited_s += time.perf_counter() - start
             infos.append({**chunk.info(), **_worker_facts()})
             report_progress(progress, job, t1 - t0)
-        start = time.perf_counter()
         maps = {}
         for method in list(streams):
-            maps[method] = streams.pop(method).close()
-        infos[0]["timings"]["write_s"] = write_s + time.perf_counter() - start
+            stream = streams.pop(method)
+            maps[method] = stream.close()
+            waited_s += stream.busy_s
+        infos[0]["timings"]["write_s"] = waited_s
         return finish(job, infos, maps, image)
     except Exception as err:
         for stream in streams.values():
             stream.discard()
         return _failure(job, err)
+    finally:
+        if threads is not None and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def chunk_task(job: Job, t0: int, t1: int, choice=None) -> dict:
@@ -589,6 +610,8 @@ def finish(job: Job, infos: list[dict], maps: dict[str, Path], image) -> dict:
                 "map_bytes": maps[method].stat().st_size,
                 "timings": {**timings, "write_s": round(timings["write_s"] + time.perf_counter() - start, 4),
                             "chunks": len(infos), "batch_sizes": sorted({i["batch_size"] for i in infos}),
+                            "torch_threads": sorted({i["timings"]["torch_threads"] for i in infos
+                                                     if i["timings"].get("torch_threads")}),
                             "workers": sorted({i.get("worker", "") for i in infos}),
                             "peak_rss_mb": max(i.get("peak_rss_mb", 0.0) for i in infos)},
                 "software": {"napari_g3dvit": __version__},

@@ -72,6 +72,7 @@ class MapStream:
         self.target, self.shape = Path(target), tuple(shape)
         self.expected = int(np.prod(shape[3:])) if len(shape) == 4 else 1
         self.written = 0
+        self.busy_s = 0.0  # seconds the compressing thread worked
         self.tmp = temporary_beside(self.target)
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
@@ -82,16 +83,20 @@ class MapStream:
         self._thread.start()
 
     def _drain(self) -> None:
+        import time
+
         while True:
             block = self._queue.get()
             if block is None:
                 return
             if self._error is None:
+                start = time.perf_counter()
                 try:
                     for frame in block:
                         self._fh.write(np.asarray(frame, dtype="<f4").tobytes(order="F"))
                 except BaseException as err:  # a full disk: kept for the caller
                     self._error = err
+                self.busy_s += time.perf_counter() - start
 
     def _raise(self) -> None:
         if self._error is not None:
