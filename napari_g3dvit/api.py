@@ -14,7 +14,7 @@ from .cam.engine import prepared_model, run_capture
 from .cam.methods import TOKEN_SCORES
 from .cam.postprocess import keep_top_percent, normalise_tokens, tokens_to_voxels
 from .cam.result import class_probabilities
-from .devices import available_devices, resolve_device  # noqa: F401  (public here since 0.1)
+from .devices import available_devices, resolve_device  # noqa: F401  (also imported from here)
 from .errors import SettingsError, VolumeError
 from .explanation import Explanation
 from .front import front

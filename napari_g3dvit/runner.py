@@ -439,7 +439,7 @@ class ExplainRun:
             "layer": first.layer, "series": series, "timepoint": self.timepoint,
             "method_used": first.method, "details": first.extra,
             "time_seconds": self._seconds(self.timepoint),
-            "input_orientation": self.reorientation.target, "volume_orientation": self.reorientation.source,
+            "input_orientation": self.reorientation.target, "volume_orientation": self.source.codes,
             "token_map_orientation": self.reorientation.target,
             "space": None if plan is None else plan.record(),
             "device_used": str(first.device),

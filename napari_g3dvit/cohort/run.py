@@ -184,6 +184,10 @@ def start_client(workers: int | None = None, scheduler: str | None = None, threa
 
     cores = os.cpu_count() or 1
     workers = workers or cores
+    if not hasattr(os, "killpg"):  # no process groups (Windows): the cluster in this process, as Dask makes it
+        client = Client(local_cluster(workers, threads))
+        client._g3dvit_in_process = client.cluster
+        return client
     cluster = DetachedCluster(workers, threads or max(1, cores // workers), dashboard=_has_dashboard())
     try:
         client = Client(cluster.address, timeout="30s")
@@ -244,6 +248,9 @@ def close_client(client, interrupted: bool = False) -> None:
         pass
     if cluster is not None:
         cluster.close()
+    in_process = getattr(client, "_g3dvit_in_process", None)
+    if in_process is not None:
+        in_process.close()
 
 
 def warm_workers(client, model: ModelRef, threads: int | None, progress: bool = True) -> None:
