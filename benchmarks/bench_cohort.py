@@ -1,4 +1,4 @@
-"""Cohort throughput: a plain serial loop over ``explain`` against ``g3dvit bids`` on 1 and 2 Dask workers.
+"""Cohort throughput: a plain serial loop over ``explain`` against ``g3dvit bids`` in this process and on 1 and 2 Dask workers.
 
     .venv/bin/python benchmarks/bench_cohort.py [--subjects 8] [--timepoints 20] [--device cpu]
 
@@ -6,11 +6,15 @@ A synthetic BIDS dataset (subjects x 1 run x timepoints, 3 mm voxels) is explain
 models: a small ViT for which reading and writing NIfTI dominate ("I/O-bound") and the
 published fMRI-size ViT (dim 1024, depth 6, 90^3 input; "compute-bound", on fewer volumes).
 The serial loop is what a script would do: load each run whole, explain it, save the map.
-The Dask rows run the cohort path (lazy chunked reads, atomic streamed writes, sidecars) on a
-local cluster whose workers were started (and torch imported) before the clock starts; the
-model loads (and is hashed) inside the timed run, as the serial script loads its model inside
-its own. Read / explain / write shares come from the sidecars'
-timings, peak memory per worker from each worker's peak resident size. Memory of a long run:
+The ``--workers 0`` row runs the cohort path in this process (what ``g3dvit batch --workers 0``
+does); the Dask rows run it on a local cluster whose workers were started (and torch imported)
+before the clock starts. Every cohort row hashes and loads the model inside the timed run, as
+the serial script loads its model inside its own; each reads its inputs chunk by chunk (the next
+chunk decompressed in a thread while this one is explained) and compresses the maps in another
+thread, then writes tables and sidecars and renames each output's files together. Read / explain
+/ write shares are each thread's busy time from the sidecars (they overlap, so they can add up to
+more than the wall time: the "busy / wall" column says by how much); peak memory per worker is
+each worker's peak resident size. Memory of a long run:
 a fresh process explains one 4D run chunk by chunk and reports how far its peak resident size
 grew beyond the model's warm-up, beside the run's and one chunk's size.
 """
@@ -97,7 +101,8 @@ def serial_loop(bids: Path, model_path: Path, out: Path, device: str) -> dict:
     return {"seconds": time.perf_counter() - start, "volumes": volumes, **times, "peak_mb": None}
 
 
-def dask_run(bids: Path, model_path: Path, out: Path, workers: int, device: str) -> dict:
+def cohort_run(bids: Path, model_path: Path, out: Path, workers: int, device: str) -> dict:
+    """``g3dvit bids`` on ``workers`` local Dask workers, or in this process for 0."""
     from distributed import Client
 
     from napari_g3dvit.cohort import Settings, bids_inputs, explain_cohort
@@ -105,18 +110,24 @@ def dask_run(bids: Path, model_path: Path, out: Path, workers: int, device: str)
     from napari_g3dvit.cohort.run import local_cluster
 
     cores = os.cpu_count() or 1
-    with local_cluster(workers, dashboard=False) as cluster, Client(cluster) as client:
-        client.run(lambda: __import__("napari_g3dvit.cohort.worker") and __import__("torch"))  # warm, untimed
-        settings = Settings(methods=("g3dvit",), device=device, threads=max(1, cores // workers))
+    if workers == 0:
         start = time.perf_counter()
-        report = explain_cohort(bids_inputs(bids), out, model_path, settings, client=client, progress=False)
+        report = explain_cohort(bids_inputs(bids), out, model_path, Settings(methods=("g3dvit",), device=device),
+                                workers=0, progress=False)
         seconds = time.perf_counter() - start
+    else:
+        with local_cluster(workers, dashboard=False) as cluster, Client(cluster) as client:
+            client.run(lambda: __import__("napari_g3dvit.cohort.worker") and __import__("torch"))  # warm, untimed
+            settings = Settings(methods=("g3dvit",), device=device, threads=max(1, cores // workers))
+            start = time.perf_counter()
+            report = explain_cohort(bids_inputs(bids), out, model_path, settings, client=client, progress=False)
+            seconds = time.perf_counter() - start
     if not report.ok:
         raise RuntimeError(report.summary())
     timings = [json.loads(p.read_text())["timings"] for p in sidecars(out)]
     return {"seconds": seconds, "volumes": report.volumes,
             **{k: sum(t[k] for t in timings) for k in ("read_s", "explain_s", "write_s")},
-            "peak_mb": max(t["peak_rss_mb"] for t in timings)}
+            "peak_mb": max(t["peak_rss_mb"] for t in timings), "workers": max(workers, 1)}
 
 
 MEMORY_PROBE = """
@@ -168,9 +179,11 @@ def row(name: str, config: str, result: dict, serial: dict | None) -> str:
     rate = result["volumes"] / result["seconds"]
     busy = result["read_s"] + result["explain_s"] + result["write_s"]
     shares = "/".join(f"{100 * result[k] / busy:.0f}" for k in ("read_s", "explain_s", "write_s"))
+    overlap = f"{busy / (result['seconds'] * result.get('workers', 1)):.2f}"
     ratio = f"{rate / (serial['volumes'] / serial['seconds']):.2f}x" if serial else "1.00x"
     peak = f"{result['peak_mb']:.0f}" if result["peak_mb"] else "-"
-    return f"| {name} | {config} | {result['volumes']} | {result['seconds']:.1f} | {rate:.2f} | {ratio} | {shares} | {peak} |"
+    return (f"| {name} | {config} | {result['volumes']} | {result['seconds']:.1f} | {rate:.2f} | {ratio} | {shares} "
+            f"| {overlap} | {peak} |")
 
 
 def main() -> None:
@@ -182,6 +195,8 @@ def main() -> None:
     parser.add_argument("--compute-timepoints", type=int, default=10)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-compute", action="store_true")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="cohort rows to run (0: in process)")
+    parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
     import torch
 
@@ -196,24 +211,30 @@ def main() -> None:
                        dict(image_size=90, image_patch_size=9, frames=90, frame_patch_size=9, num_classes=2,
                             dim=1024, depth=6, heads=8, dim_head=64, mlp_dim=2048, channels=1, pool="cls")))
     print(f"cohort throughput, {os.cpu_count()} CPU cores, device {args.device}, torch {torch.__version__}\n")
-    print("| model | run | volumes | seconds | volumes/s | vs serial | read/explain/write % | peak MB per worker |")
-    print("|---|---|---|---|---|---|---|---|", flush=True)
+    print("| model | run | volumes | seconds | volumes/s | vs serial | read/explain/write % | busy / wall "
+          "| peak MB per worker |")
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
     rates = {}
     for index, (name, shape, subjects, timepoints, vit) in enumerate(models):
         bids = write_dataset(folder / f"bids{index}", subjects, timepoints, shape)
         model_path = save_vit(folder / f"model{index}.safetensors", vit)
         serial = serial_loop(bids, model_path, folder / f"serial{index}", args.device)
         print(row(name, "serial loop (1 process, all cores)", serial, None), flush=True)
-        for workers in (1, 2):
-            result = dask_run(bids, model_path, folder / f"dask{index}-{workers}", workers, args.device)
+        for workers in args.workers:
+            result = cohort_run(bids, model_path, folder / f"cohort{index}-{workers}", workers, args.device)
             rates[(index, workers)] = result["volumes"] / result["seconds"]
-            print(row(name, f"g3dvit bids, {workers} worker{'s' if workers > 1 else ''}", result, serial), flush=True)
+            how = "--workers 0 (this process)" if workers == 0 else f"{workers} worker{'s' if workers > 1 else ''}"
+            print(row(name, f"g3dvit bids, {how}", result, serial), flush=True)
     print(f"\nprojected wall time for {VOLUMES_IN_STUDY:,} volumes (from the 2-worker rate per worker, "
           "one core per worker):")
     for index, (name, *_rest) in enumerate(models):
+        if (index, 2) not in rates:
+            continue
         per_worker = rates[(index, 2)] / 2
         hours = {n: VOLUMES_IN_STUDY / (per_worker * n) / 3600 for n in (2, 16, 64)}
         print(f"- {name}: " + ", ".join(f"{n} workers {h:.1f} h" for n, h in hours.items()))
+    if args.skip_memory:
+        return
     memory = memory_of_a_long_run(folder, folder / "model0.safetensors", small_shape, 120, 16)
     print(f"\nmemory of one 120-timepoint run (small ViT): the run is {memory['run_mb']:.0f} MB, a chunk of 16 "
           f"timepoints {memory['chunk_mb']:.0f} MB; peak resident growth while explaining it: "

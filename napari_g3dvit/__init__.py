@@ -7,7 +7,8 @@ Public API::
     g3d.token_layers(model)
     model = g3d.load_model("model.safetensors")      # config from model.json beside it
     exp = g3d.explain(model, volume)                 # method "auto"; "g3dvit" is the published one
-    g3d.save_model(module, "model.safetensors", config)
+    exp = g3d.explain(model, "sub-01_space-MNI152NLin2009cAsym_res-2_bold.nii.gz")  # any grid in its space
+    g3d.save_model(module, "model.safetensors", config, space="train_001.nii.gz")
     g3d.peaks(heat_layer, labels=labels_layer)       # clusters, peak_mm, label at the peak
     g3d.attach_label_names(labels_layer, "dseg.tsv")  # or a FreeSurfer LUT, an FSL atlas XML
     g3d.save_view(viewer, "view.json"); g3d.open_view(viewer, "view.json")
@@ -47,6 +48,11 @@ _LAZY = {
     "read_label_names": ".labelnames",
     "save_view": ".views",
     "open_view": ".views",
+    "set_input_space": ".models.loading",
+    "ModelSpace": ".models.space",
+    "explain_in_space": ".models.space",
+    "available_devices": ".devices",
+    "resolve_device": ".devices",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,8 +61,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .explanation import Explanation
     from .models.checkpoint import CheckpointError
     from .models.config import ConfigError
+    from .devices import available_devices, resolve_device
     from .labelnames import attach_label_names, read_label_names
-    from .models.loading import load_model, save_model
+    from .models.loading import load_model, save_model, set_input_space
+    from .models.space import ModelSpace, explain_in_space
     from .peaktable import peaks
     from .views import open_view, save_view
 

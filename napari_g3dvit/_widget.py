@@ -31,7 +31,7 @@ from ._closing import Workers, when_closed
 from ._sections import InspectSections
 from .heatstyle import follow_ndisplay, show_legend
 from .labelnames import names_of_layer
-from .options import DEFAULT_THRESHOLD, POOLINGS, UPSAMPLE_MODES
+from .options import DEFAULT_INTERPOLATION, DEFAULT_THRESHOLD, INTERPOLATIONS, POOLINGS, UPSAMPLE_MODES
 from .outputs import safe_name, user_folder
 from .readout import install as install_readout
 from .records import heat_facts, labels_facts
@@ -58,6 +58,8 @@ CURRENT, ALL = "current timepoint", "all timepoints"
 AUTO_CHOICE = ("auto (most faithful)", AUTO)  # (shown, value)
 EACH_DEFAULT = ("each method's default", None)
 NO_MODEL = "no model loaded: pick a checkpoint"
+#: errors read as errors on napari's dark and light themes alike
+ERROR_STYLE = "color: #ff5c5c; font-weight: bold;"
 
 TOOLTIPS = {
     "volume": "The image layer to explain: a 3D volume, or a 4D series with time first.",
@@ -80,7 +82,13 @@ TOOLTIPS = {
     "target": "The class the map explains: the model's prediction, or a class you name.",
     "threshold": "Keep this percentage of the hottest tokens (5 as published; 100 keeps all).",
     "upsample": "From the token grid to voxels: trilinear, or nearest (each token fills its patch).",
-    "device": "Where the model runs: a CUDA GPU when there is one, else the CPU.",
+    "device": "Where the model runs; the first entry is the default: a CUDA GPU when there is one, Apple's GPU "
+              "(mps) on a Mac that has one, else the CPU. Operations Apple's GPU lacks run on the CPU (said in "
+              "the result).",
+    "model_space": "The grid the model was trained on (its config's input_space), and whether this layer is "
+                   "on it or resampled into it (and its map back onto the layer's voxels).",
+    "interpolation": "How a layer on another grid is resampled into the model's grid and its map back: "
+                     "trilinear, or nearest (each voxel takes its nearest neighbour's value).",
     "timepoints": "For a 4D series: only the timepoint at the time slider, or every timepoint.",
     "batch_size": "Timepoints per forward pass and per step; lower it when memory runs out.",
     "run_button": "Compute the map in the background and add it as a heatmap layer.",
@@ -115,6 +123,7 @@ class ExplainWidget(Container):
         self.config = FileEdit(label="config (JSON)", mode="r", filter="*.json", visible=False)
         self.summary = Label(label="model", value=NO_MODEL)
         self.model_orientation = Label(label="orientation", value="")
+        self.model_space = Label(label="space", value="")
         self.hook_layer = ComboBox(label="hook layer", choices=[])
         self.method = ComboBox(label="method", choices=[AUTO_CHOICE, *((m, m) for m in METHODS)], value=AUTO)
         self.baseline = ComboBox(label="baseline", choices=[EACH_DEFAULT], value=None)
@@ -129,6 +138,8 @@ class ExplainWidget(Container):
         self.threshold = FloatSpinBox(label="keep top %", value=DEFAULT_THRESHOLD, min=0.1, max=100.0, step=1.0)
         self.upsample = ComboBox(label="upsampling", choices=UPSAMPLE_MODES, value="trilinear")
         self.device = ComboBox(label="device", choices=["cpu"], value="cpu")
+        self.interpolation = ComboBox(label="resampling", choices=list(INTERPOLATIONS), value=DEFAULT_INTERPOLATION,
+                                      visible=False)
         self.timepoints = ComboBox(label="timepoints", choices=[CURRENT, ALL], value=CURRENT, visible=False)
         self.batch_size = SpinBox(label="batch size", value=DEFAULT_STEP, min=1, max=256, visible=False)
         self.run_button = PushButton(text="Explain", enabled=False)
@@ -140,10 +151,11 @@ class ExplainWidget(Container):
         self.region_table = Table(value=[], visible=False)
         self.csv_path = FileEdit(label="export to", mode="w", filter="*.csv", value=Path.home() / "regions.csv")
         self.export_button = PushButton(text="Export CSV", enabled=False)
-        self.extend([self.volume, self.checkpoint, self.config, self.summary, self.model_orientation, self.hook_layer,
-                     self.method, self.baseline, self.pooling, self.steps, self.occlusion, self.relevance_block,
-                     self.target, self.threshold, self.upsample, self.device,
-                     self.timepoints, self.batch_size, self.run_button, self.cancel_button, self.progress,
+        self.extend([self.volume, self.checkpoint, self.config, self.summary, self.model_orientation,
+                     self.model_space, self.hook_layer, self.method, self.baseline, self.pooling, self.steps,
+                     self.occlusion, self.relevance_block, self.target, self.threshold, self.upsample, self.device,
+                     self.interpolation, self.timepoints, self.batch_size, self.run_button, self.cancel_button,
+                     self.progress,
                      self.result, self.regions, self.region_button, self.region_table, self.csv_path,
                      self.export_button])
         for name, tip in TOOLTIPS.items():
@@ -163,6 +175,7 @@ class ExplainWidget(Container):
         self.config.changed.connect(self._on_checkpoint_changed)
         self.method.changed.connect(self._sync_pooling)
         self.device.changed.connect(self._show_model_summary)
+        self.interpolation.changed.connect(lambda _v: self._show_orientation())
         self.timepoints.changed.connect(lambda _v: self._sync_series_controls())
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -181,7 +194,7 @@ class ExplainWidget(Container):
     def _wrap_labels(self) -> None:
         from qtpy.QtWidgets import QSizePolicy
 
-        for label in (self.summary, self.model_orientation, self.result):  # long lines wrap, never cut
+        for label in (self.summary, self.model_orientation, self.model_space, self.result):  # long lines wrap, never cut
             label.native.setWordWrap(True)
             label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
             label.native.setMinimumWidth(240)
@@ -234,10 +247,15 @@ class ExplainWidget(Container):
         self.batch_size.visible = series and self.timepoints.value == ALL
 
     def _show_error(self, message: str) -> None:
-        """One place for an error: the widget's result line (wrapped), and the log."""
+        """One place for an error: the widget's result line (wrapped, in the error colour), and the log."""
         self.last_error = message
-        self.result.value = f"error: {message}"
+        self._say(f"error: {message}", error=True)
         log.warning("napari-g3dvit: %s", message)
+
+    def _say(self, text: str, error: bool = False) -> None:
+        """Show ``text`` on the result line, styled as an error or as plain text."""
+        self.result.value = text
+        self.result.native.setStyleSheet(ERROR_STYLE if error else "")
 
     # -- volume and model -----------------------------------------------------------------------------------
 
@@ -312,7 +330,7 @@ class ExplainWidget(Container):
             self.config.visible = "needs a config" in outcome.message or config is not None
             self._show_error(outcome.message)
             return
-        from napari_g3dvit.api import available_devices
+        from napari_g3dvit.devices import available_devices, device_label
 
         from .defaults import run_defaults
 
@@ -327,11 +345,14 @@ class ExplainWidget(Container):
         self.target.value = defaults["target_name"] or PREDICTED
         if defaults["layer"] in summary.layers:
             self.hook_layer.value = defaults["layer"]
-        self.device.choices = available_devices()
-        self.device.value = self.device.choices[0]
+        with self.device.changed.blocked():
+            self.device.choices = []  # refilled in order: magicgui would keep an old entry first
+        self.device.choices = [(device_label(name), name) for name in available_devices()]
+        self.device.value = self.device.choices[0]  # the default: the first (a GPU when there is one)
+        self.interpolation.visible = bool(outcome.config.get("input_space"))
         self._show_model_summary()
         self._show_orientation()
-        self.result.value = f"loaded {path.name}"
+        self._say(f"loaded {path.name}")
         self.last_error = ""
 
     def _show_model_summary(self, _value=None) -> None:
@@ -342,10 +363,11 @@ class ExplainWidget(Container):
         """Say which orientation the model will get for the selected volume."""
         layer = self.volume.value
         if self.loaded is None or layer is None or layer.ndim not in (3, 4):
-            self.model_orientation.value = ""
+            self.model_orientation.value = self.model_space.value = ""
             return
-        run = ExplainRun(self.loaded, VolumeSource.from_layer(layer), {})
+        run = ExplainRun(self.loaded, VolumeSource.from_layer(layer), {}, interpolation=self.interpolation.value)
         self.model_orientation.value = run.orientation_note()
+        self.model_space.value = run.space_note()
 
     def _sync_buttons(self) -> None:
         busy = self._worker is not None
@@ -393,10 +415,10 @@ class ExplainWidget(Container):
 
         timepoint = self._current_timepoint(layer) if layer.ndim == 4 and self.timepoints.value == CURRENT else None
         run = ExplainRun(self.loaded, VolumeSource.from_layer(layer), self.settings(), timepoint=timepoint,
-                         step=self.batch_size.value)
+                         step=self.batch_size.value, interpolation=self.interpolation.value)
         run.warn_if_orientation_unknown()
         self.progress.value = 0
-        self.result.value = "explaining" + (f" timepoint {timepoint}..." if timepoint is not None else "...")
+        self._say("explaining" + (f" timepoint {timepoint}..." if timepoint is not None else "..."))
         self._worker = self._workers.start(
             create_worker(run.steps, _ignore_errors=True),
             yielded=self._on_progress, returned=self._on_outcome,
@@ -433,7 +455,7 @@ class ExplainWidget(Container):
         self.progress.value = done
 
     def _on_aborted(self) -> None:
-        self.result.value = "cancelled: nothing was added"
+        self._say("cancelled: nothing was added")
 
     def _on_finished(self) -> None:
         self._worker = None
@@ -461,7 +483,7 @@ class ExplainWidget(Container):
         # layer itself, so the same layer compares as the same object run after run
         self.last_layer = getattr(out, "__wrapped__", out)
         show_legend(self._viewer, self.last_layer)  # napari's colorbar, and what it shows
-        self.result.value = outcome.summary
+        self._say(outcome.summary)
         self.result.tooltip = f"heatmap layer: {out.name}" + outcome.details()
         self.last_error = ""
 
@@ -506,7 +528,7 @@ class ExplainWidget(Container):
             source = (heat_layer.metadata.get("nifti") or {}).get("path")  # beside the data, never in the package
             self._csv_default = user_folder(source) / f"{safe_name(record.get('volume', 'heatmap'))}_regions.csv"
             self.csv_path.value = self._csv_default
-        self.result.value = f"{len(rows)} labels of '{labels.name}' on the heatmap of '{heat_layer.name}'"
+        self._say(f"{len(rows)} labels of '{labels.name}' on the heatmap of '{heat_layer.name}'")
         return rows
 
     def export_regions(self, _value=None) -> str | None:
@@ -521,6 +543,6 @@ class ExplainWidget(Container):
         except OSError as err:
             self._show_error(f"could not write {target}: {err.strerror or err}")
             return None
-        self.result.value = f"region table written to {path}"
+        self._say(f"region table written to {path}")
         self.result.tooltip = str(path)
         return path

@@ -11,6 +11,7 @@ from torch import nn
 from .cam.engine import prepared_model
 from .devices import available_devices, resolve_device
 from .explaining import DEFAULT_BATCH_SIZE, RunSettings, explain_methods
+from .front import front
 from .models import find_adapter
 from .models.layers import probe_token_layers
 from .options import DEFAULT_THRESHOLD
@@ -98,7 +99,9 @@ def explain(
     model:      an nn.Module that is, or contains, a vit-pytorch 3D ViT or a MONAI ViT; the
                 score is the whole module's output for the target class.
     volume:     array or tensor (D, H, W), or (T, D, H, W) for a series of timepoints; in the
-                model's input size, or any size its config's preprocessing turns into it.
+                model's input size, or any size its config's preprocessing turns into it. Or a
+                NIfTI path or nibabel image: resampled into the model's ``input_space``, and the
+                maps come back on its own grid (``models/space.py``).
     method:     ``"auto"`` (the default: the most faithful candidate on this volume, chosen once
                 per model and input shape and then reused, see ``choice.py``), one of
                 ``METHODS`` (``"g3dvit"`` is the published procedure; ``registry.py`` describes
@@ -128,6 +131,9 @@ def explain(
     Returns an ``Explanation``; a list of methods gives ``{method: Explanation}``, a list of
     layers ``{layer: Explanation}``, and both ``{(method, layer): Explanation}``.
     """
+    placed = front(explain, locals())  # NIfTI into the model's space, misfits named, mps -> cpu
+    if placed is not None:
+        return placed
     common = dict(pooling=pooling, target=target, threshold=threshold, upsample=upsample, device=device,
                   batch_size=batch_size, baseline=baseline, steps=steps, occlusion=occlusion,
                   relevance_block=relevance_block, preprocessing=preprocessing)

@@ -69,18 +69,35 @@ def stage(target: Path, write: Writer) -> Path:
     permissions. On any failure the temporary file is removed and the error is raised.
     """
     target = Path(target)
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=_suffix(target))
-    os.close(fd)
-    tmp = Path(name)
+    tmp = temporary_beside(target)
     try:
         write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _mode_for(target))
+        seal(tmp, target)
     except BaseException:
         _remove(tmp)
         raise
     return tmp
+
+
+def temporary_beside(target: Path) -> Path:
+    """A new, empty, hidden file in ``target``'s folder (``.<name>.XXXX<suffix>``) to write into."""
+    target = Path(target)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=_suffix(target))
+    os.close(fd)
+    return Path(name)
+
+
+def seal(tmp: Path, target: Path) -> None:
+    """Flush a finished temporary file to disk and give it the permissions ``target`` will have."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.chmod(tmp, _mode_for(target))
+
+
+def discard(paths) -> None:
+    """Remove temporary files that will not be committed (missing ones are fine)."""
+    for path in paths:
+        _remove(Path(path))
 
 
 def commit(staged: Sequence[tuple[Path, Path]]) -> None:

@@ -1,6 +1,7 @@
 """Command line: ``g3dvit napari`` (napari with a sample, its model and the widget),
 ``g3dvit demo`` (explain a synthetic volume to NIfTI, headless), ``g3dvit train NAME``
-(re-make a shipped sample model), ``g3dvit bids`` (a BIDS App: a dataset's files on Dask
+(re-make a shipped sample model), ``g3dvit model set-space CKPT --like IMAGE`` (record the grid
+a model was trained on), ``g3dvit bids`` (a BIDS App: a dataset's files on Dask
 workers, then a group table) and ``g3dvit batch`` (the same for files named directly)."""
 
 from __future__ import annotations
@@ -105,10 +106,21 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _set_space(args: argparse.Namespace) -> int:
+    from .models.loading import set_input_space
+    from .models.space import ModelSpace
+
+    space = ModelSpace.from_image(args.like, template=args.template)
+    set_input_space(args.checkpoint, space, config=args.config)
+    print(f"{Path(args.checkpoint).name}: input_space set to {space.describe()} ({space.grid.box()}), "
+          f"from {Path(args.like).name}")
+    return 0
+
+
 def _cohort_options(parser: argparse.ArgumentParser, methods: list[str]) -> None:
     """The options ``g3dvit bids ... participant`` and ``g3dvit batch`` share."""
     from .cohort.jobs import DEFAULT_BATCH, DEFAULT_CHUNK
-    from .options import DEFAULT_THRESHOLD, UPSAMPLE_MODES
+    from .options import DEFAULT_THRESHOLD, INTERPOLATIONS, UPSAMPLE_MODES
 
     parser.add_argument("--model", metavar="CKPT", help="the model checkpoint (.safetensors or .pt)")
     parser.add_argument("--config", metavar="JSON", help="its config, when not beside it")
@@ -128,7 +140,13 @@ def _cohort_options(parser: argparse.ArgumentParser, methods: list[str]) -> None
     where.add_argument("--workers", type=int, metavar="N",
                        help="local worker processes (default: one per CPU core; 0: no Dask, in this process)")
     where.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://host:8786")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N on every worker")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (the default), cuda, cuda:N or mps (Apple's GPU) on every worker; operations "
+                             "Apple's GPU lacks run on the CPU (said in the sidecar)")
+    parser.add_argument("--interpolation", default="trilinear", choices=list(INTERPOLATIONS),
+                        help="how inputs on another grid than the model's (another voxel size, field of view or "
+                             "orientation in the same space) are resampled into it, and their maps back "
+                             "(default trilinear)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, metavar="B",
                         help=f"timepoints per forward pass, halved on out-of-memory (default {DEFAULT_BATCH})")
     parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, metavar="C",
@@ -157,8 +175,21 @@ def _model_config(model: Path, config: str | None) -> dict:
     return read_config_file(path) if path else {}
 
 
-def _run_cohort(args: argparse.Namespace, inputs, bids_dir=None) -> int:
+def _check_device(name: str) -> None:
+    """Refuse a device this machine lacks before any worker starts (workers run on this machine
+    unless a scheduler is given; torch is imported only for a GPU name)."""
+    if name == "cpu":
+        return
+    from .devices import resolve_device
+
+    resolve_device(name)
+
+
+def _run_cohort(args: argparse.Namespace, inputs_of, bids_dir=None) -> int:
+    """Participant level, then the group table, holding the output folder; Ctrl-C at any moment
+    ends with one line and exit status 130."""
     from .cohort import Settings, explain_cohort, group_level
+    from .cohort.lock import output_lock
 
     if not args.model:
         print("g3dvit: error: --model is required to explain", file=sys.stderr)
@@ -168,6 +199,8 @@ def _run_cohort(args: argparse.Namespace, inputs, bids_dir=None) -> int:
     if args.atlas_names and not args.atlas:
         print("g3dvit: error: --atlas-names names the labels of an --atlas; give the atlas too", file=sys.stderr)
         return 2
+    if not args.scheduler:
+        _check_device(args.device)
     defaults = run_defaults(_model_config(Path(args.model), args.config))  # what the widget preselects
     settings = Settings(methods=tuple(dict.fromkeys(args.method or [defaults["method"]])),
                         layer=args.layer or defaults["layer"], pooling=args.pooling,
@@ -176,25 +209,33 @@ def _run_cohort(args: argparse.Namespace, inputs, bids_dir=None) -> int:
                         baseline=args.baseline, steps=args.steps, occlusion=args.occlusion,
                         relevance_block=args.relevance_block, device=args.device,
                         batch_size=args.batch_size, chunk=args.chunk, atlas=args.atlas,
-                        atlas_names=args.atlas_names)
+                        atlas_names=args.atlas_names, interpolation=args.interpolation)
 
     def started(client) -> None:
-        link = getattr(client, "dashboard_link", None)
-        workers = len(client.scheduler_info().get("workers", {}))
+        link = getattr(client, "_g3dvit_dashboard", None) or getattr(client, "dashboard_link", None)
+        workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
         print(f"g3dvit: {workers} Dask workers; dashboard: {link or 'none (pip install bokeh)'}", file=sys.stderr)
 
+    out = Path(args.out_dir)
     try:
-        report = explain_cohort(inputs, args.out_dir, args.model, settings, config=args.config,
-                                workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite,
-                                progress=not args.quiet, bids_dir=bids_dir, on_start=started)
+        out.mkdir(parents=True, exist_ok=True)
+        with output_lock(out):
+            report = explain_cohort(inputs_of(), out, args.model, settings, config=args.config,
+                                    workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite,
+                                    progress=not args.quiet, bids_dir=bids_dir, on_start=started)
+            print(report.summary())
+            if report.done or report.skipped or report.failed:
+                try:
+                    group_level(out)
+                    print(f"group table: {out / 'group' / 'timepoints.tsv'}")
+                except OSError as err:  # a full disk: the participant outputs stand; say what is missing
+                    print(f"g3dvit: the group table could not be written ({err.strerror or err}); run "
+                          f"'g3dvit bids ... group' on {out} once there is room", file=sys.stderr)
+                    return 1
     except KeyboardInterrupt:
         print("g3dvit: interrupted; finished outputs are complete. Run the same command again to do the rest.",
               file=sys.stderr)
         return 130
-    print(report.summary())
-    if report.done or report.skipped or report.failed:
-        group_level(args.out_dir)
-        print(f"group table: {Path(args.out_dir) / 'group' / 'timepoints.tsv'}")
     return 0 if report.ok else 1
 
 
@@ -209,15 +250,15 @@ def _bids(args: argparse.Namespace) -> int:
     if Path(args.out_dir).resolve() == Path(args.bids_dir).resolve():
         print("g3dvit: error: OUT_DIR must not be the BIDS dataset itself", file=sys.stderr)
         return 2
-    inputs = bids_inputs(args.bids_dir, args.participant_label, suffix=args.suffix)
-    return _run_cohort(args, inputs, bids_dir=args.bids_dir)
+    return _run_cohort(args, lambda: bids_inputs(args.bids_dir, args.participant_label, suffix=args.suffix),
+                       bids_dir=args.bids_dir)
 
 
 def _batch(args: argparse.Namespace) -> int:
     from .cohort import loose_inputs
 
     args.out_dir = args.out
-    return _run_cohort(args, loose_inputs(args.files))
+    return _run_cohort(args, lambda: loose_inputs(args.files))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,10 +288,22 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("names", nargs="+", choices=sorted(RECIPES), metavar="NAME",
                        help=f"one or more of: {', '.join(sorted(RECIPES))}")
     train.add_argument("--out", default="sample_models", help="folder for the model files")
-    train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    train.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (Apple's GPU)")
     train.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=_train)
+    model = sub.add_parser("model", help="edit a model's config: set-space records the grid it was trained on")
+    model_sub = model.add_subparsers(dest="action", required=True)
+    set_space = model_sub.add_parser(
+        "set-space", help="record the grid the model was trained on (affine, shape) from a reference image, "
+                          "so that scans on any grid in that space are resampled into it")
+    set_space.add_argument("checkpoint", metavar="CKPT")
+    set_space.add_argument("--like", required=True, metavar="IMAGE.nii.gz",
+                           help="a volume on the training grid (one training image)")
+    set_space.add_argument("--template", metavar="NAME",
+                           help="the template its millimetres are in, e.g. MNI152NLin2009cAsym")
+    set_space.add_argument("--config", metavar="JSON", help="the config to change, when not beside the checkpoint")
+    set_space.set_defaults(run=_set_space)
     methods = [*METHODS, AUTO]
     bids = sub.add_parser("bids", help="a BIDS App: explain a dataset's files on Dask workers (participant), "
                                        "then tabulate them (group)")
@@ -275,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     except (G3DViTError, OSError) as err:  # bad input or a file-system fault: said plainly, no traceback
         print(f"g3dvit: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before or after a cohort run's own handling: one line, no traceback
+        print("g3dvit: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

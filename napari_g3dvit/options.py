@@ -22,3 +22,8 @@ UPSAMPLE_MODES: tuple[str, ...] = ("trilinear", "nearest")
 
 #: Percentage of the highest token values kept, as published for G3D-ViT.
 DEFAULT_THRESHOLD: float = 5.0
+
+#: How a scan on another grid is resampled into a model's grid (its config's input_space) and its
+#: map back: name -> spline order (scipy / nibabel).
+INTERPOLATIONS: dict[str, int] = {"trilinear": 1, "nearest": 0}
+DEFAULT_INTERPOLATION: str = "trilinear"

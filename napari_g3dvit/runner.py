@@ -37,7 +37,7 @@ MODEL_KEY = "g3dvit_model"
 DEFAULT_STEP = 4
 #: settings that make two runs "the same" (a re-run updates the earlier layer)
 SAME_RUN_KEYS = ("volume", "model", "method", "layer", "pooling", "target", "threshold", "upsample", "baseline",
-                 "steps", "occlusion", "relevance_block", "device", "series", "input_orientation")
+                 "steps", "occlusion", "relevance_block", "device", "series", "input_orientation", "space")
 _warned_orientation: set[str] = set()
 
 
@@ -137,6 +137,26 @@ class VolumeSource:
         """The orientation its source file stores, when it came from one."""
         return (self.metadata.get("nifti") or {}).get("orientation")
 
+    @property
+    def placed(self) -> bool:
+        """Whether the layer says where its voxels are in the world: read from a NIfTI file, or
+        given a transform. A bare array (napari's identity transform) is not placed."""
+        return "nifti" in self.metadata or not np.allclose(self.to_world, np.eye(len(self.to_world)))
+
+    @property
+    def grid_affine(self) -> np.ndarray:
+        """(4, 4) voxel -> world of the spatial axes: the layer's world transform, or, for a layer
+        read from a NIfTI file, the file's exact affine for the array as read (napari shows an
+        oblique scan axis-aligned; the exact rotation is in its metadata)."""
+        shown = spatial_matrix(self.to_world)
+        exact = (self.metadata.get("nifti") or {}).get("canonical_affine")
+        if exact is None:
+            return shown
+        exact = np.asarray(exact, dtype=float)
+        as_read = np.diag([*np.linalg.norm(exact[:3, :3], axis=0), 1.0])  # how the reader placed it
+        as_read[:3, 3] = exact[:3, 3]
+        return exact if np.allclose(shown, as_read, atol=1e-4) else shown  # unless the layer was moved
+
     def spatial_transform(self, ndim: int) -> dict:
         """The layer transform for an ``ndim``-D layer on the same voxels (3: one timepoint).
 
@@ -232,11 +252,29 @@ class ExplainRun:
     """
 
     def __init__(self, loaded: LoadedModel, source: VolumeSource, settings: dict[str, Any],
-                 timepoint: int | None = None, step: int = DEFAULT_STEP):
+                 timepoint: int | None = None, step: int = DEFAULT_STEP, interpolation: str = "trilinear"):
         self.loaded, self.source, self.settings = loaded, source, dict(settings)
         self.timepoint, self.step = timepoint, max(int(step), 1)
-        self.reorientation: Reorientation = reorientation_for(source.codes, source.stored_codes,
-                                                             loaded.input_orientation)
+        self.interpolation = interpolation
+        self.device_note = ""  # set when Apple's GPU lacked an operation and the CPU took over
+        self.space_plan, self.space_error = self._space_plan()
+        if self.space_plan is not None and self.space_plan.resample:  # arrays run as the model's grid
+            codes = self.space_plan.codes
+            self.reorientation: Reorientation = reorientation_for(codes, codes, loaded.input_orientation)
+        else:
+            self.reorientation = reorientation_for(source.codes, source.stored_codes, loaded.input_orientation)
+
+    def _space_plan(self):
+        """(plan, None), or (None, the SpaceError) when the layer lies outside the model's space."""
+        from .models.space import ModelSpace, SpaceError, plan_for
+
+        space = ModelSpace.of_model(self.loaded.model)
+        if space is None or not self.source.placed or self.source.data.ndim not in (3, 4):
+            return None, None
+        try:
+            return plan_for(space, self.source.grid_affine, self.source.data.shape[-3:], self.interpolation), None
+        except SpaceError as err:
+            return None, err
 
     # what the model is given, for the user ------------------------------------------------------------
 
@@ -248,7 +286,22 @@ class ExplainRun:
             return (f"model gets {got} (the layer's array as it is): its config does not say how its "
                     "training arrays were oriented (input_orientation)")
         why = "as its source file stores it" if wanted == STORED else "from its config"
-        return f"model gets {got} ({why}); the layer is {self.reorientation.source}"
+        return f"model gets {got} ({why}); the layer is {self.source.codes}"
+
+    def space_note(self) -> str:
+        """One line saying on which grid the model runs this layer (empty when its space is unknown)."""
+        from .models.space import ModelSpace
+
+        space = ModelSpace.of_model(self.loaded.model)
+        if space is None:
+            return ""
+        if self.space_error is not None:
+            return f"outside the model's space ({space.describe()}): register the scan first"
+        if self.space_plan is None:
+            return f"model's grid: {space.describe()} (this layer has no placement; taken as on it)"
+        if not self.space_plan.resample:
+            return f"on the model's grid: {space.describe()}"
+        return f"{self.space_plan.note()}. Model's grid: {space.describe()}"
 
     def warn_if_orientation_unknown(self) -> None:
         """Warn once per model file when its config does not name ``input_orientation``."""
@@ -300,21 +353,27 @@ class ExplainRun:
         return outcome
 
     def _explain_steps(self):
-        import torch
-
         import napari_g3dvit as g3d
+
+        from .devices import empty_cache
 
         if self.source.data.ndim not in (3, 4):
             raise g3d.VolumeError(f"'{self.source.name}' is {self.source.data.ndim}D; napari-g3dvit "
                                   "explains 3D volumes and 4D series (time first)")
-        volume = self.reorientation.to_model(self.volume())
+        if self.space_error is not None:
+            raise self.space_error
+        volume = self.volume()
         series = volume.ndim == 4
         starts = range(0, len(volume), self.step) if series else [0]
         total, done = (len(volume) if series else 1), 0
         yield done, total  # a stop can come before the first (longest) step
+        if self.space_plan is not None:
+            volume = self.space_plan.to_model(volume)
+        volume = self.reorientation.to_model(volume)
         model = self.loaded.model
         home = next(model.parameters()).device
-        model.to(self.settings.get("device") or "cpu")  # once per run, not once per step
+        asked = self.settings.get("device") or "cpu"
+        model.to(asked)  # once per run, not once per step
         try:
             explain_step = self._explainer(model, volume)
             if self.settings.get("method") == "auto":  # the choice was a long step of its own
@@ -323,13 +382,19 @@ class ExplainRun:
             for start in starts:
                 chunk = volume[start : start + self.step] if series else volume
                 parts.append(explain_step(chunk))
+                if str(asked).startswith("mps") and parts[-1].device == "cpu" and not self.device_note:
+                    from .devices import MPS_FALLBACK_NOTE
+
+                    self.device_note = MPS_FALLBACK_NOTE  # the library ran it on the CPU: so do the rest
+                    self.settings["device"] = "cpu"
+                    model.to("cpu")
+                    explain_step = self._explainer(model, volume)
                 done += len(chunk) if series else 1
                 yield done, total
             return parts
         finally:
             model.to(home)
-            if torch.device(self.settings.get("device") or "cpu").type == "cuda":
-                torch.cuda.empty_cache()
+            empty_cache(asked)
 
     def _explainer(self, model, volume: np.ndarray):
         """A function explaining one step's volume(s) with this run's settings.
@@ -352,6 +417,9 @@ class ExplainRun:
         first, series = parts[0], parts[0].heatmap.ndim == 4
         join = (lambda values: np.concatenate(values)) if series else (lambda values: values[0])
         heat = self.reorientation.to_volume(join([p.heatmap for p in parts]))
+        plan = self.space_plan
+        if plan is not None:
+            heat = plan.to_scan(heat)  # back onto the layer's own voxels
         tokens = join([p.token_map for p in parts])
         probs = np.asarray(join([np.atleast_2d(p.probabilities) for p in parts]))
         target = np.atleast_1d(join([np.atleast_1d(p.target) for p in parts]))
@@ -364,8 +432,10 @@ class ExplainRun:
             "layer": first.layer, "series": series, "timepoint": self.timepoint,
             "method_used": first.method, "details": first.extra,
             "time_seconds": self._seconds(self.timepoint),
-            "input_orientation": self.reorientation.target, "volume_orientation": self.reorientation.source,
+            "input_orientation": self.reorientation.target, "volume_orientation": self.source.codes,
             "token_map_orientation": self.reorientation.target,
+            "space": None if plan is None else plan.record(),
+            "device_used": str(first.device),
             "explained_class": target.tolist(),
             "explained_class_name": [names[int(t)] for t in target],
             "probabilities": (probs if series else probs[0]).tolist(),
@@ -385,6 +455,10 @@ class ExplainRun:
             if self.timepoint is not None:
                 summary += f" at timepoint {self.timepoint}" + (
                     f" ({record['time_seconds']:g} s)" if record["time_seconds"] is not None else "")
+        if plan is not None and plan.resample:
+            summary += f"; {plan.note()}"
+        if self.device_note:
+            summary += f"; {self.device_note}"
         return HeatLayer(data=heat.astype(np.float32, copy=False), name=name, contrast_limits=limits,
                          transform=self.source.spatial_transform(heat.ndim), metadata=metadata,
                          summary=summary)

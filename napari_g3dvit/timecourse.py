@@ -372,21 +372,28 @@ def write_table(courses: TimeCourses, path: str | os.PathLike, about: dict | Non
 
     path = Path(path)
     tsv = path.name.lower().endswith(".tsv")
-    columns = courses.columns()
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            if about and not tsv:
-                fh.writelines(f"# {key}: {' '.join(str(value).split())}\n" for key, value in about.items())
-            writer = csv.writer(fh, delimiter="\t" if tsv else ",", lineterminator="\n")
-            writer.writerow(columns)
-            writer.writerows(zip(*columns.values()))
-
-    files = [(path, write)]
+    files = [(path, table_writer(courses, "\t" if tsv else ",", about=None if tsv else about))]
     if about and tsv:
         files.append((sidecar_of(path), lambda tmp: tmp.write_text(json.dumps(about, indent=2) + "\n")))
     write_together(files)
     return str(path)
+
+
+def table_writer(courses: TimeCourses, delimiter: str = "\t", leave_out: Sequence[str] = (),
+                 about: dict | None = None):
+    """A writer (``atomic.stage``) of the curves as a table, without the columns ``leave_out`` names;
+    ``about`` becomes ``# key: value`` lines above the header."""
+    columns = {name: values for name, values in courses.columns().items() if name not in leave_out}
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            if about:
+                fh.writelines(f"# {key}: {' '.join(str(value).split())}\n" for key, value in about.items())
+            writer = csv.writer(fh, delimiter=delimiter, lineterminator="\n")
+            writer.writerow(columns)
+            writer.writerows(zip(*columns.values()))
+
+    return write
 
 
 def read_table(path: str | os.PathLike) -> dict[str, list[str]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -158,9 +159,23 @@ def test_participant_and_group_levels_on_a_local_cluster(tmp_path, cluster):
     assert len(rows) == 2 * 6 * 2 and summary["inputs"] == 4
     first = rows[0]
     assert first["subject"] == "01" and first["session"] == "1" and first["run"] == "1"
-    assert {"p_Left", "p_Middle", "p_Right", "heat_1", "heat_2"} <= set(first)
+    assert {"p_left", "p_middle", "p_right", "heat_1", "heat_2"} <= set(first)  # names as the config spells them
+    assert "error" not in first and "warning" not in first  # columns no row fills say nothing: left out
     assert first["time_s"] == "0" and rows[1]["time_s"] == "2"
     assert summary["mean_maps"]["g3dvit"]
+    # every map's name follows BIDS: key-label pairs of known entities (labels alphanumeric), a suffix
+    bids_name = re.compile(r"^(?:(?:sub|ses|task|acq|ce|rec|dir|run|echo|space|res|den)-[A-Za-z0-9]+_)*"
+                           r"desc-[A-Za-z0-9]+_heatmap\.(?:nii\.gz|json)$")
+    maps = [p for p in out.rglob("*heatmap*") if p.is_file()]
+    assert maps and all(bids_name.match(p.name) for p in maps), [p.name for p in maps if not bids_name.match(p.name)]
+    for method, made in summary["mean_maps"].items():
+        for name, facts in made.items():  # desc-<method><Class>, the class named exactly in its sidecar
+            assert facts["file"] == f"desc-{method}{name.capitalize()}_heatmap.nii.gz"
+            sidecar = json.loads((out / "group" / facts["file"].replace(".nii.gz", ".json")).read_text())
+            assert sidecar["class_name"] == name and name in CONFIG["class_names"]
+    # the time course says nothing constant: with an atlas it has the heat in the labels
+    course = read_course(out / "sub-02/ses-1/func/sub-02_ses-1_task-motor_run-1_desc-g3dvit_timeseries.tsv")
+    assert "heat_in_region" in course and "heat_peak" not in course
 
 
 def test_a_rerun_skips_complete_outputs_and_overwrite_redoes_them(tmp_path, cluster):
@@ -227,8 +242,9 @@ def test_a_worker_killed_mid_run_has_its_tasks_redone(tmp_path, cluster):
         "report", explain_cohort(bids_inputs(bids), out, model, settings, client=client, progress=False)))
     thread.start()
     deadline = time.time() + 60
-    while not list(out.glob(".g3dvit-parts/*/*.npz")) and time.time() < deadline:
+    while not list(out.rglob(".*_heatmap.nii.gz.*")) and time.time() < deadline:  # a map being written
         time.sleep(0.02)
+    assert not list(out.rglob("*_heatmap.json")), "an input finished before the kill; the test proves less"
     pids = client.run(os.getpid)
     victim = next(iter(pids.values()))
     os.kill(victim, signal.SIGKILL)
@@ -336,3 +352,94 @@ def test_batch_names_and_bad_options(tmp_path, capsys):
     anat = bids_inputs(bids, suffix="T1w")
     assert [i.outputs(tmp_path, "g3dvit").heatmap.relative_to(tmp_path).as_posix() for i in anat] == [
         "sub-01/ses-1/anat/sub-01_ses-1_desc-g3dvit_heatmap.nii.gz"]
+
+
+def test_long_lived_workers_load_an_edited_config_and_atlas_anew(tmp_path, cluster):
+    """Workers that stay up between runs (a --scheduler cluster, or this process with --workers 0)."""
+    _, address = cluster
+    model = save_model(tmp_path)
+    for i in range(4):  # enough inputs that every worker of the cluster explains some, run after run
+        write_run(tmp_path / "in" / f"run{i}.nii.gz", 2, seed=5 + i)
+    atlas = tmp_path / "atlas.nii.gz"
+    labels = np.zeros((12, 8, 16), np.uint8)
+    labels[:6], labels[6:] = 1, 2
+    nib.save(nib.Nifti1Image(labels, AFFINE), atlas)
+
+    def run(where: list[str], out: Path) -> tuple[set, set]:
+        assert main(["batch", str(tmp_path / "in" / "*.nii.gz"), "--out", str(out), "--model", str(model), *where,
+                     "--atlas", str(atlas), "--quiet"]) == 0
+        names = {tuple(json.loads(p.read_text())["class_names"]) for p in out.glob("*_heatmap.json")}
+        found = {r["label"] for p in out.glob("*_regions.tsv") for r in read_table(p)}
+        return names, found
+
+    for where, out in ((["--scheduler", address], tmp_path / "cluster"), (["--workers", "0"], tmp_path / "here")):
+        labels[:6], labels[6:] = 1, 2
+        nib.save(nib.Nifti1Image(labels, AFFINE), atlas)
+        config = json.loads(model.with_suffix(".json").read_text())
+        config["class_names"] = ["left", "middle", "right"]
+        model.with_suffix(".json").write_text(json.dumps(config))
+        assert run(where, out) == ({("left", "middle", "right")}, {"1", "2"})
+        # the same files, edited in place: other class names in the config, other labels in the atlas
+        config["class_names"] = ["front", "centre", "back"]
+        model.with_suffix(".json").write_text(json.dumps(config))
+        nib.save(nib.Nifti1Image(labels + 2, AFFINE), atlas)
+        assert run(where, out) == ({("front", "centre", "back")}, {"3", "4"})  # redone with the edited files
+
+
+def _stderr_reader(child) -> list[str]:
+    """Collect a child's stderr as it comes (a list that fills in a thread)."""
+    got: list[str] = []
+
+    def read() -> None:
+        for chunk in iter(lambda: os.read(child.stderr.fileno(), 4096), b""):
+            got.append(chunk.decode(errors="replace"))
+
+    threading.Thread(target=read, daemon=True).start()
+    return got
+
+
+def test_ctrl_c_at_start_up_and_mid_run_ends_with_one_line(tmp_path):
+    """A real SIGINT to the command's whole process group, as a terminal's Ctrl-C sends it."""
+    import uuid
+
+    import psutil
+
+    model = save_model(tmp_path)
+    bids = write_bids(tmp_path / "bids", subjects=("01", "02", "03", "04"), timepoints=30)
+    mark = uuid.uuid4().hex
+    env = {**os.environ, "G3DVIT_TEST_RUN": mark,
+           "PYTHONPATH": str(Path(__file__).parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    for moment in ("start-up", "mid-run"):
+        out = tmp_path / f"out-{moment}"
+        child = subprocess.Popen([sys.executable, "-m", "napari_g3dvit.cli", "bids", str(bids), str(out),
+                                  "participant", "--model", str(model), "--workers", "2", "--batch-size", "1",
+                                  "--chunk", "2"], start_new_session=True, stderr=subprocess.PIPE,
+                                 stdout=subprocess.DEVNULL, env=env)
+        err = _stderr_reader(child)
+        deadline = time.time() + 120
+        wanted = "starting workers" if moment == "start-up" else "explaining"
+        while wanted not in "".join(err) and time.time() < deadline:
+            time.sleep(0.02)
+        if moment == "mid-run":  # a map is being written
+            while not list(out.rglob(".*_heatmap.nii.gz.*")) and time.time() < deadline:
+                time.sleep(0.02)
+        assert wanted in "".join(err) and child.poll() is None, "".join(err)
+        os.killpg(child.pid, signal.SIGINT)
+        child.wait(timeout=60)
+        time.sleep(0.5)  # let the threads that filled ``err`` finish
+        said = "".join(err)
+        assert child.returncode == 130, said
+        assert "Traceback" not in said and "Error" not in said and "Warning" not in said, said
+        assert said.rstrip().endswith("Run the same command again to do the rest."), said[-500:]
+        for sidecar in out.rglob("*_heatmap.json"):  # whatever finished is whole
+            assert nib.load(str(sidecar).replace(".json", ".nii.gz")).get_fdata().shape == (12, 8, 16, 30)
+        time.sleep(1.0)
+        left = [p.pid for p in psutil.process_iter() if _environ(p).get("G3DVIT_TEST_RUN") == mark]
+        assert left == [], "processes of the interrupted run are still there"
+
+
+def _environ(process) -> dict:
+    try:
+        return process.environ()
+    except Exception:  # gone meanwhile, or not ours
+        return {}

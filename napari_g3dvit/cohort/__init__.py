@@ -52,36 +52,49 @@ def explain_cohort(inputs: Sequence[Input], out_dir: str | os.PathLike, model: s
     use as it is. ``on_start(client)`` is called once the workers are there (e.g. to print the
     dashboard's address).
     """
-    from .run import close_client, plan, run_here, run_jobs, start_client, write_dataset_description
+    from .inputs import check_distinct_outputs
+    from .lock import output_lock
+    from .run import close_client, plan, run_here, run_jobs, start_client, warm_workers, write_dataset_description
 
     settings = settings or Settings()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if settings.atlas:
-        atlas = Path(settings.atlas)
-        if not atlas.is_file():
-            raise CohortError(f"no atlas file {atlas}")
-        settings = replace(settings, atlas=str(atlas.resolve()), atlas_sha256=file_sha256(atlas))
-        settings = _with_atlas_names(settings)
-    if client is None and scheduler is None and workers != 0 and settings.threads is None:
-        cores = os.cpu_count() or 1
-        settings = replace(settings, threads=max(1, cores // (workers or cores)))
-    ref = model_ref(model, config)
-    if bids_dir is not None:
-        write_dataset_description(out_dir, Path(bids_dir), ref, settings)
-    jobs, skipped, failed = plan(inputs, out_dir, ref, settings, overwrite=overwrite)
-    report = Report(skipped=skipped, failed=failed)
-    if not jobs:
-        return report
-    if client is None and scheduler is None and workers == 0:
-        return run_here(jobs, progress=progress, report=report)
-    own = client is None
-    client = client or start_client(workers, scheduler)
-    try:
-        report.dashboard = getattr(client, "dashboard_link", None)
-        if on_start is not None:
-            on_start(client)
-        return run_jobs(jobs, client, progress=progress, report=report)
-    finally:
-        if own:
-            close_client(client)
+    with output_lock(out_dir):  # a second run into this folder is refused, not interleaved
+        if settings.atlas:
+            atlas = Path(settings.atlas)
+            if not atlas.is_file():
+                raise CohortError(f"no atlas file {atlas}")
+            settings = replace(settings, atlas=str(atlas.resolve()), atlas_sha256=file_sha256(atlas))
+            settings = _with_atlas_names(settings)
+        if client is None and scheduler is None and workers != 0 and settings.threads is None:
+            cores = os.cpu_count() or 1
+            settings = replace(settings, threads=max(1, cores // (workers or cores)))
+        check_distinct_outputs(list(inputs), out_dir)
+        ref = model_ref(model, config)
+        if bids_dir is not None:
+            write_dataset_description(out_dir, Path(bids_dir), ref, settings)
+        report = Report()
+        logs = out_dir / "logs"
+        if logs.exists() and not logs.is_dir():
+            report.notices.append(f"{logs} is a file, not a folder: error records of failed inputs cannot be "
+                                  "written there (they are listed here); move it away to keep them")
+        jobs, report.skipped, report.failed = plan(inputs, out_dir, ref, settings, overwrite=overwrite, report=report)
+        if not jobs:
+            return report
+        if client is None and scheduler is None and workers == 0:
+            return run_here(jobs, progress=progress, report=report)
+        own = client is None
+        interrupted = False
+        try:
+            client = client or start_client(workers, scheduler, settings.threads, progress=progress)
+            report.dashboard = getattr(client, "_g3dvit_dashboard", None) or getattr(client, "dashboard_link", None)
+            if on_start is not None:
+                on_start(client)
+            warm_workers(client, ref, settings.threads, progress=progress)
+            return run_jobs(jobs, client, progress=progress, report=report)
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
+        finally:
+            if own and client is not None:
+                close_client(client, interrupted=interrupted)

@@ -2,21 +2,22 @@
 
 Reads what the participant level wrote (sidecars, regions tables, error records) into
 ``OUT_DIR/group/``: ``timepoints.tsv`` (one row per volume or timepoint and method: subject,
-session, task, run, timepoint, prediction, probabilities, heat per atlas label; failed inputs
-with their error), and, when the maps share one grid, ``desc-<method>_class-<name>_mean_heatmap.nii.gz``
-(the mean map over the timepoints predicted as that class) with ``group.json`` saying what went in.
+session, task, run, timepoint, prediction, ``p_<class>`` per class as the config spells it, heat
+per atlas label; failed inputs with their error; a column no row fills is left out), and, when
+the maps share one grid, ``desc-<method><Class>_heatmap.nii.gz`` (valid BIDS: the mean map over
+the volumes predicted as that class, ``desc-g3dvitTask``) with its JSON sidecar naming the class
+exactly, and ``group.json`` saying what went in.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 
-from .inputs import MAP_SUFFIX, desc_label
-from .writing import read_table, write_json, write_map, write_table
+from .inputs import MAP_SUFFIX, camel, desc_label
+from .writing import informative, read_table, write_json, write_map, write_table
 
 GROUP = "group"
 ENTITY_COLUMNS = (("sub", "subject"), ("ses", "session"), ("task", "task"), ("run", "run"))
@@ -28,8 +29,15 @@ def sidecars(out_dir: Path) -> list[Path]:
                   if GROUP not in p.relative_to(out_dir).parts[:1] and not any(s.startswith(".") for s in p.parts))
 
 
-def _label(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "", name.title()) or "class"
+def class_labels(names: list[str]) -> dict[str, str]:
+    """Each class name as an alphanumeric BIDS label part ("task" -> "Task"), distinct from the others."""
+    out: dict[str, str] = {}
+    for index, name in enumerate(names):
+        label = camel(name) or f"Class{index}"
+        if label in out.values():
+            label = f"{label}{index}"
+        out[name] = label
+    return out
 
 
 def group_level(out_dir: str | Path, means: bool = True) -> dict:
@@ -56,9 +64,10 @@ def group_level(out_dir: str | Path, means: bool = True) -> dict:
         record = json.loads(path.read_text())
         rows.append({**_entities(record.get("entities", {})), "input": record.get("Sources", [record["input"]])[0],
                      "method": record.get("method"), "error": record["error"]})
-    probability_columns = [f"p_{_label(n)}" for n in class_names]
+    probability_columns = [f"p_{n}" for n in class_names]
     columns = ["subject", "session", "task", "run", "input", "method", "timepoint", "time_s", "predicted",
-               "predicted_name", *probability_columns, *[f"heat_{label}" for label in labels], "error"]
+               "predicted_name", *probability_columns, *[f"heat_{label}" for label in labels], "warning", "error"]
+    columns = informative(columns, rows, keep=("input", "method"))
     folder = out_dir / GROUP
     folder.mkdir(parents=True, exist_ok=True)
     write_table(folder / "timepoints.tsv", rows, columns)
@@ -95,7 +104,9 @@ def _rows(path: Path, record: dict, heat: dict, out_dir: Path) -> list[dict]:
                "time_s": round(t * tr, 6) if series and tr else None,
                "predicted": pred, "predicted_name": record["predicted_name"][t]}
         if len(probs) == len(names):
-            row.update({f"p_{_label(n)}": p for n, p in zip(names, probs)})
+            row.update({f"p_{n}": p for n, p in zip(names, probs)})
+        if record.get("warnings"):
+            row["warning"] = "; ".join(record["warnings"])
         row.update({f"heat_{label}": value for label, value in heat.get(key, {}).items()})
         rows.append(row)
     return rows
@@ -124,11 +135,17 @@ def _mean_maps(records: list[tuple[Path, dict]], folder: Path) -> dict:
                 sums[pred] = sums.get(pred, 0.0) + frame
                 counts[pred] = counts.get(pred, 0) + 1
         names = group[0][1]["class_names"]
+        labels = class_labels([names[p] if p < len(names) else str(p) for p in sorted(sums)])
         made[method] = {}
         for pred in sorted(sums):
             name = names[pred] if pred < len(names) else str(pred)
-            target = folder / f"desc-{desc_label(method)}_class-{_label(name)}_mean_{MAP_SUFFIX}.nii.gz"
+            stem = f"desc-{desc_label(method)}{labels[name]}_{MAP_SUFFIX}"
+            target = folder / f"{stem}.nii.gz"
             write_map(target, images[0], tuple(grid), [sums[pred] / counts[pred]])
+            write_json(folder / f"{stem}.json", {
+                "Description": f"Mean {method} map over the {counts[pred]} volume(s) the model predicted as "
+                               f"{name!r}", "class_name": name, "method": method, "volumes": counts[pred],
+                "Sources": [record["Sources"][0] for _, record in group]})
             made[method][name] = {"file": target.name, "volumes": counts[pred]}
     return made
 

@@ -4,7 +4,14 @@ An input keeps its source's entities: ``sub-01_ses-1_task-rest_run-2_bold.nii.gz
 with ``g3dvit`` becomes ``sub-01/ses-1/func/sub-01_ses-1_task-rest_run-2_desc-g3dvit_heatmap.nii.gz``
 beside ``..._heatmap.json`` (the sidecar), ``..._peaks.tsv`` and, with an atlas, ``..._regions.tsv``. BIDS labels
 are alphanumeric, so a method's ``desc`` label drops its hyphens (``gradcam-elementwise`` ->
-``gradcamelementwise``).
+``gradcamelementwise``). A source's own ``desc`` (fMRIPrep's ``desc-preproc``) is kept after the
+method's, in camel case (``desc-g3dvitPreproc``), so two runs differing only in ``desc`` keep
+two outputs.
+
+Names, entities and output folders come from each file's own path, never from where a symbolic
+link points: DataLad / OpenNeuro datasets link every file into ``.git/annex/objects`` (and a
+file not fetched yet is a link whose target is missing: an input that fails, recorded with its
+subject).
 """
 
 from __future__ import annotations
@@ -32,9 +39,19 @@ def strip_nifti_extension(name: str) -> str:
     return name
 
 
-def desc_label(method: str) -> str:
-    """A method name as a BIDS label (letters and digits only)."""
-    return re.sub(r"[^A-Za-z0-9]", "", method)
+def desc_label(method: str, source_desc: str | None = None) -> str:
+    """A method name as a BIDS label (letters and digits only), with the source's own ``desc``
+    after it in camel case: ``("g3dvit", "preproc")`` -> ``"g3dvitPreproc"``."""
+    label = re.sub(r"[^A-Za-z0-9]", "", method)
+    if source_desc:
+        label += camel(source_desc)
+    return label
+
+
+def camel(name: str) -> str:
+    """A free-text name as an alphanumeric BIDS label part: "enlarged ventricles" -> "EnlargedVentricles"."""
+    words = re.findall(r"[A-Za-z0-9]+", name)
+    return "".join(w[:1].upper() + w[1:] for w in words)
 
 
 def entities_of(filename: str) -> tuple[list[tuple[str, str]], str | None]:
@@ -70,8 +87,13 @@ class Input:
             return strip_nifti_extension(self.path.name)
         return "_".join(f"{k}-{v}" for k, v in pairs if k != "desc")
 
+    @property
+    def source_desc(self) -> str | None:
+        pairs, _ = entities_of(self.path.name)
+        return dict(pairs).get("desc")
+
     def outputs(self, out_dir: str | os.PathLike, method: str) -> "Outputs":
-        name = f"{self.stem}_desc-{desc_label(method)}"
+        name = f"{self.stem}_desc-{desc_label(method, self.source_desc)}"
         folder = Path(out_dir) / self.out_folder
         return Outputs(heatmap=folder / f"{name}_{MAP_SUFFIX}.nii.gz", sidecar=folder / f"{name}_{MAP_SUFFIX}.json",
                        regions=folder / f"{name}_regions.tsv", timeseries=folder / f"{name}_timeseries.tsv",
@@ -93,6 +115,34 @@ class Outputs:
     timeseries: Path  # a 4D run's time course (the widget's Time course table)
     error: Path
     peaks: Path  # the map's clusters and their peaks in mm (napari_g3dvit.peaks)
+
+
+def absolute(path: str | os.PathLike) -> Path:
+    """``path`` made absolute without following symbolic links (``Path.resolve`` would)."""
+    return Path(os.path.abspath(os.fspath(path)))
+
+
+def relative_to_dataset(path: Path, root: Path) -> Path:
+    """A dataset file's path inside the dataset, by the path it was found at (links not followed).
+
+    The dataset folder itself may be reached through a link: its resolved path is tried too, and a
+    file found elsewhere keeps its name in a folder of its own (never a path outside OUT_DIR).
+    """
+    for base in (absolute(root), Path(os.path.realpath(root))):
+        try:
+            return path.relative_to(base)
+        except ValueError:
+            continue
+    parent_real = Path(os.path.realpath(path.parent)) / path.name
+    try:
+        return parent_real.relative_to(Path(os.path.realpath(root)))
+    except ValueError:
+        return Path(path.name)
+
+
+def is_dangling(path: Path) -> bool:
+    """A symbolic link whose target is missing (an annexed file not fetched yet)."""
+    return path.is_symlink() and not path.exists()
 
 
 def _participant(label: str) -> str:
@@ -120,8 +170,8 @@ def bids_inputs(bids_dir: str | os.PathLike, participants: list[str] | None = No
     files = layout.get(subject=wanted, suffix=suffix, extension=list(NIFTI_EXTENSIONS), return_type="object")
     inputs = []
     for f in sorted(files, key=lambda f: f.path):
-        path = Path(f.path).resolve()
-        rel = path.relative_to(bids_dir.resolve())
+        path = absolute(f.path)  # the link's own path: a DataLad file's name, not its annex key
+        rel = relative_to_dataset(path, bids_dir)
         entities = dict(entities_of(path.name)[0])
         entities["_relpath"] = str(rel)
         inputs.append(Input(path=path, out_folder=rel.parent, entities=entities))
@@ -134,22 +184,32 @@ def loose_inputs(patterns: list[str]) -> list[Input]:
     """Files named directly or by glob patterns (``g3dvit batch``); outputs go flat into the output folder."""
     paths: list[Path] = []
     for pattern in patterns:
-        found = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        literal = os.path.lexists(pattern)  # "scan [1].nii.gz" is a file's name, not a pattern
+        found = [pattern] if literal or not glob.has_magic(pattern) else sorted(glob.glob(pattern, recursive=True))
         if not found:
             raise CohortError(f"no file matches {pattern!r}")
         for name in found:
             path = Path(name)
+            if is_dangling(path):  # a link to a file not fetched yet: an input that fails, not a refusal
+                paths.append(absolute(path))
+                continue
+            if not path.exists():
+                raise CohortError(f"no file {name}")
             if not path.is_file():
                 raise CohortError(f"{name} is not a file")
-            paths.append(path.resolve())
-    unique = list(dict.fromkeys(paths))
-    stems: dict[str, Path] = {}
-    inputs = []
-    for path in unique:
-        item = Input(path=path, entities=dict(entities_of(path.name)[0]))
-        if item.stem in stems:
-            raise CohortError(f"{stems[item.stem]} and {path} would write the same outputs ({item.stem}_...); "
-                              "rename one or run them into different --out folders")
-        stems[item.stem] = path
-        inputs.append(item)
+            paths.append(absolute(path))
+    inputs = [Input(path=path, entities=dict(entities_of(path.name)[0])) for path in dict.fromkeys(paths)]
+    check_distinct_outputs(inputs)
     return inputs
+
+
+def check_distinct_outputs(inputs: list[Input], out_dir: str | os.PathLike = ".") -> None:
+    """CohortError when two inputs would write the same output files (one would overwrite the other)."""
+    seen: dict[Path, Input] = {}
+    for item in inputs:
+        key = item.outputs(out_dir, "m").heatmap
+        if key in seen:
+            raise CohortError(f"{seen[key].label} and {item.label} would write the same outputs "
+                              f"({key.name.replace('desc-m', 'desc-<method>')}); rename one or run them into "
+                              "different output folders")
+        seen[key] = item

@@ -13,7 +13,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..options import DEFAULT_THRESHOLD
+from ..options import DEFAULT_INTERPOLATION, DEFAULT_THRESHOLD, INTERPOLATIONS
 from ..registry import AUTO, METHODS, SETTINGS
 from .inputs import CohortError, Input, Outputs
 
@@ -44,6 +44,7 @@ class Settings:
     atlas_names: str | None = None  # a lookup table naming the atlas' labels (dseg.tsv, LUT, FSL XML)
     atlas_names_sha256: str | None = None
     threads: int | None = None  # torch threads per worker process (None: torch's default)
+    interpolation: str = DEFAULT_INTERPOLATION  # into the model's grid and back, for inputs on other grids
 
     def __post_init__(self):
         for method in self.methods:
@@ -53,12 +54,14 @@ class Settings:
             raise CohortError("no method was given")
         if self.chunk < 1 or self.batch_size < 1:
             raise CohortError("--chunk and --batch-size must be positive whole numbers")
+        if self.interpolation not in INTERPOLATIONS:
+            raise CohortError(f"unknown interpolation {self.interpolation!r}; choose one of: {', '.join(INTERPOLATIONS)}")
 
     def result_settings(self, method: str) -> dict:
         """The settings that make one method's map what it is (recorded in its sidecar)."""
         out = {"method": method, "layer": self.layer, "pooling": self.pooling, "threshold": self.threshold,
                "upsample": self.upsample, "target": self.target, "baseline": self.baseline,
-               **self.method_settings(), "atlas_sha256": self.atlas_sha256}
+               **self.method_settings(), "atlas_sha256": self.atlas_sha256, "interpolation": self.interpolation}
         if self.atlas_names_sha256:  # named labels change the tables (outputs without names keep theirs)
             out["atlas_names_sha256"] = self.atlas_names_sha256
         return out
@@ -152,13 +155,17 @@ class Job:
 
 
 def is_done(job: Job, method: str) -> bool:
-    """True when this method's map and sidecar exist and the sidecar records the same fingerprint."""
+    """True when this method's map and sidecar exist, the sidecar records the same fingerprint, and
+    the map is the one it describes (its size, as recorded when both were written together)."""
     outputs = job.outputs(method)
     if not (outputs.heatmap.is_file() and outputs.sidecar.is_file()):
         return False
     try:
         recorded = json.loads(outputs.sidecar.read_text())
+        size = outputs.heatmap.stat().st_size
     except (OSError, ValueError):
+        return False
+    if recorded.get("map_bytes") is not None and recorded["map_bytes"] != size:
         return False
     return recorded.get("fingerprint") == job.fingerprint(method)
 

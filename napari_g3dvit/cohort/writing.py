@@ -2,7 +2,10 @@
 
 A 4D map is written one timepoint at a time (NIfTI stores time as its slowest axis), so writing
 a run never holds more than one chunk of it in memory. Every file goes to a temporary name
-beside its target and is renamed when complete (``napari_g3dvit.atomic``).
+beside its target and is renamed when complete (``napari_g3dvit.atomic``); the files of one
+output (map, tables, sidecar) are staged first and renamed together (``atomic.commit``), so an
+output is complete or untouched. ``MapStream`` writes a map while its run is still being
+explained: frames go to a compressing thread, so compression overlaps the next chunk's work.
 """
 
 from __future__ import annotations
@@ -51,40 +54,119 @@ def map_header(source, shape: tuple[int, ...]):
     return header
 
 
+class MapStream:
+    """A map written frame by frame into a hidden temporary file beside ``target``.
+
+    ``put`` hands a block of frames ((C, X, Y, Z) in the source's stored voxel order) to a
+    compressing thread (zlib works without the interpreter lock, so it runs beside the model);
+    ``close`` waits for it and returns the sealed temporary file, ready for ``atomic.commit``;
+    ``discard`` removes it. Any write error comes out of ``put`` or ``close``.
+    """
+
+    def __init__(self, target: Path, source, shape: tuple[int, ...]):
+        import queue
+        import threading
+
+        from ..atomic import temporary_beside
+
+        self.target, self.shape = Path(target), tuple(shape)
+        self.expected = int(np.prod(shape[3:])) if len(shape) == 4 else 1
+        self.written = 0
+        self.busy_s = 0.0  # seconds the compressing thread worked
+        self.tmp = temporary_beside(self.target)
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._fh = gzip.GzipFile(self.tmp, "wb", compresslevel=1, mtime=0)
+        self._fh.write(map_header(source, self.shape).binaryblock)
+        self._fh.write(b"\0" * (_DATA_OFFSET - _HEADER_BYTES))
+        self._thread = threading.Thread(target=self._drain, name=f"write {self.target.name}", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        import time
+
+        while True:
+            block = self._queue.get()
+            if block is None:
+                return
+            if self._error is None:
+                start = time.perf_counter()
+                try:
+                    for frame in block:
+                        self._fh.write(np.asarray(frame, dtype="<f4").tobytes(order="F"))
+                except BaseException as err:  # a full disk: kept for the caller
+                    self._error = err
+                self.busy_s += time.perf_counter() - start
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def put(self, frames: np.ndarray) -> None:
+        frames = np.asarray(frames)
+        if frames.shape[1:] != self.shape[:3]:
+            raise ValueError(f"map frames are {frames.shape[1:]}, expected {self.shape[:3]}")
+        self._raise()
+        self._queue.put(frames)
+        self.written += len(frames)
+
+    def close(self) -> Path:
+        """Finish the file; returns the temporary path (sealed) to commit over ``target``."""
+        from ..atomic import seal
+
+        self._queue.put(None)
+        self._thread.join()
+        try:
+            self._raise()
+            self._fh.close()
+            if self.written != self.expected:
+                raise ValueError(f"{self.written} timepoints were written for a map of {self.expected}")
+            seal(self.tmp, self.target)
+        except BaseException:
+            self.discard()
+            raise
+        return self.tmp
+
+    def discard(self) -> None:
+        from ..atomic import discard
+
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        try:
+            self._fh.close()
+        except OSError:
+            pass
+        discard([self.tmp])
+
+
 def write_map(target: Path, source, shape: tuple[int, ...], frames: Iterable[np.ndarray]) -> None:
     """Write a map to ``target`` (.nii.gz) atomically, frame by frame.
 
     frames: (X, Y, Z) arrays in the source's stored voxel order, one per timepoint (one for 3D).
     """
-    header = map_header(source, shape)
-    expected = int(np.prod(shape[3:])) if len(shape) == 4 else 1
+    from ..atomic import commit
 
-    def write(tmp: Path) -> None:
-        written = 0
-        with gzip.GzipFile(tmp, "wb", compresslevel=1, mtime=0) as fh:
-            fh.write(header.binaryblock)
-            fh.write(b"\0" * (_DATA_OFFSET - _HEADER_BYTES))
-            for frame in frames:
-                frame = np.asarray(frame, dtype="<f4")
-                if frame.shape != tuple(shape[:3]):
-                    raise ValueError(f"a map frame is {frame.shape}, expected {tuple(shape[:3])}")
-                fh.write(frame.tobytes(order="F"))
-                written += 1
-        if written != expected:
-            raise ValueError(f"{written} timepoints were written for a map of {expected}")
-
-    write_atomic(Path(target), write)
+    stream = MapStream(target, source, shape)
+    try:
+        for frame in frames:
+            stream.put(np.asarray(frame)[None])
+    except BaseException:
+        stream.discard()
+        raise
+    commit([(stream.close(), Path(target))])
 
 
-def write_json(target: Path, obj: dict) -> None:
+def json_writer(obj: dict):
+    """A writer (for ``atomic.stage``) of ``obj`` as indented JSON."""
     def write(tmp: Path) -> None:
         tmp.write_text(json.dumps(obj, indent=2, default=json_default) + "\n")
 
-    write_atomic(Path(target), write)
+    return write
 
 
-def write_table(target: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
-    """A tab-separated table (BIDS: ``n/a`` for missing values), written atomically."""
+def table_writer(rows: Sequence[dict], columns: Sequence[str]):
+    """A writer (for ``atomic.stage``) of a tab-separated table (BIDS: ``n/a`` for missing values)."""
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(columns), delimiter="\t", restval="n/a",
@@ -93,7 +175,21 @@ def write_table(target: Path, rows: Sequence[dict], columns: Sequence[str]) -> N
             for row in rows:
                 writer.writerow({k: ("n/a" if v is None else _cell(v)) for k, v in row.items()})
 
-    write_atomic(Path(target), write)
+    return write
+
+
+def write_json(target: Path, obj: dict) -> None:
+    write_atomic(Path(target), json_writer(obj))
+
+
+def write_table(target: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
+    """A tab-separated table (BIDS: ``n/a`` for missing values), written atomically."""
+    write_atomic(Path(target), table_writer(rows, columns))
+
+
+def informative(columns: Sequence[str], rows: Sequence[dict], keep: Sequence[str] = ()) -> list[str]:
+    """The columns that hold a value in some row (a column of ``n/a`` only says nothing)."""
+    return [c for c in columns if c in keep or any(row.get(c) not in (None, "n/a", "") for row in rows)]
 
 
 def read_table(path: Path) -> list[dict]:

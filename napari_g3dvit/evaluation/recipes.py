@@ -199,6 +199,20 @@ def _start_from(vit, donor: str, out: Path) -> None:
     vit.load_state_dict({**own, **weights})
 
 
+def training_space(recipe: Recipe, extra: dict):
+    """The grid the recipe's volumes are on (the config's ``input_space``): the MNI152 crop at 3 mm
+    for the brain and fMRI models (the affine their files carry), the cube grid at 1 mm otherwise."""
+    from ..models.space import Grid, ModelSpace
+
+    if recipe.kind == "cube":
+        g = recipe.task.grid
+        return ModelSpace(Grid.of(np.eye(4), (g, g, g)))
+    affine = extra["run"].affine if recipe.kind == "fmri" else extra["anatomy"].affine
+    from .brain import INPUT_SHAPE
+
+    return ModelSpace(Grid.of(affine, INPUT_SHAPE), template="MNI152NLin2009cAsym")
+
+
 def train_recipe(name: str, out: Path, device: str = "cpu", epochs: int | None = None,
                  progress: bool = True, seed: int = 0) -> dict:
     """Train recipe ``name`` and write its files into ``out``; returns the saved config."""
@@ -243,7 +257,7 @@ def train_recipe(name: str, out: Path, device: str = "cpu", epochs: int | None =
         config["recommended_explanation"] = dict(recipe.recommended)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_model(result.model, out / f"{name}.safetensors", config)
+    save_model(result.model, out / f"{name}.safetensors", config, space=training_space(recipe, extra))
     if recipe.kind == "fmri":
         from .fmri import write_run
 

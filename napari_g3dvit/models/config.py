@@ -11,7 +11,9 @@ Schema (a JSON file beside the checkpoint, or a dict)::
      "preprocessing": {"axes": [0, 1, 2], "crop": [[1, 0], [10, 9], [1, 0]],
                        "normalize": "zscore"},
      "class_names": ["young", "old"],
-     "input_orientation": "RAS"}          # or "LAS", ..., "stored": how the training arrays ran
+     "input_orientation": "RAS",          # or "LAS", ..., "stored": how the training arrays ran
+     "input_space": {"affine": [[3, 0, 0, -82], ...], "shape": [56, 72, 56],
+                     "template": "MNI152NLin2009cAsym"}}  # the grid it was trained on (space.py)
 
 Fields the tensors determine may be left out and are inferred; what they cannot determine must
 be given, and the error lists exactly what is missing.
@@ -23,6 +25,8 @@ import copy
 import json
 from pathlib import Path
 from typing import Any, Mapping
+
+import numpy as np
 
 from ..errors import ModelError
 
@@ -114,6 +118,8 @@ _TOP_FIELDS = {
     "class_names": (lambda v: v is None or (isinstance(v, list) and all(isinstance(n, str) for n in v)),
                     "a list of names (strings)"),
     "input_orientation": (lambda v: v is None or isinstance(v, str), "'stored' or axis codes such as 'RAS'"),
+    "input_space": (lambda v: v is None or isinstance(v, dict),
+                    "null or {\"affine\": 4x4, \"shape\": [X, Y, Z], \"template\": ...}"),
 }
 
 
@@ -202,6 +208,7 @@ def validate(config: Mapping) -> dict:
             raise ConfigError(f"config class_names must list {classes} names, one per class")
     cfg.setdefault("preprocessing", None)
     check_input_orientation(cfg)
+    check_input_space(cfg, input_shape(cfg))
     return cfg
 
 
@@ -214,6 +221,40 @@ def check_input_orientation(cfg: dict) -> None:
             cfg[ORIENTATION_KEY] = check_orientation(cfg[ORIENTATION_KEY])
         except ValueError as err:
             raise ConfigError(f"config {err}") from None
+
+
+def check_input_space(cfg: dict, model_shape: tuple[int, int, int] | None = None) -> None:
+    """Normalise ``cfg["input_space"]`` in place; with ``model_shape``, check that its grid becomes
+    the model's input (after the orientation and the preprocessing's crop and axis order)."""
+    from .space import SPACE_KEY, ModelSpace
+
+    value = cfg.get(SPACE_KEY)
+    if value is None:
+        return
+    try:
+        space = ModelSpace.from_config(value)
+    except ValueError as err:
+        raise ConfigError(f"config {err}") from None
+    cfg[SPACE_KEY] = space.to_config()
+    if model_shape is None:
+        return
+    from ..orientation import reorientation_for
+    from .preprocessing import Preprocessing
+
+    prep = Preprocessing.from_config(cfg.get("preprocessing"))
+    if prep.resample:
+        return
+    codes = space.grid.codes
+    turned = reorientation_for(codes, codes, cfg.get("input_orientation")).to_model(
+        np.zeros(space.grid.shape, dtype=np.uint8))
+    cropped = tuple(n - a - b for n, (a, b) in zip(turned.shape, prep.crop))
+    fed = tuple(cropped[a] for a in prep.axes)
+    if fed != tuple(model_shape):
+        raise ConfigError(
+            f"config input_space is a grid of {'x'.join(map(str, space.grid.shape))} voxels, which the config's "
+            f"orientation and preprocessing turn into {'x'.join(map(str, fed))}, but the model takes "
+            f"{'x'.join(map(str, model_shape))}; give the grid of the arrays the model was trained on"
+        )
 
 
 def input_shape(cfg: Mapping) -> tuple[int, int, int]:

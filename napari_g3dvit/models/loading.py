@@ -27,6 +27,7 @@ from .config import (
     ConfigError,
     check_given,
     check_input_orientation,
+    check_input_space,
     find_config_beside,
     input_shape,
     pair,
@@ -234,14 +235,17 @@ def validate_partial(config: Mapping) -> dict:
     cfg = dict(config)
     Preprocessing.from_config(cfg.get("preprocessing"))
     check_input_orientation(cfg)
+    check_input_space(cfg)
     return cfg
 
 
-def save_model(module: nn.Module, path: str | os.PathLike, config: Mapping) -> Path:
+def save_model(module: nn.Module, path: str | os.PathLike, config: Mapping, space=None) -> Path:
     """Write ``module``'s weights to ``path`` (.safetensors) and its config to ``<name>.json``.
 
     The config is checked against the weights first (nothing is written if they disagree); the
-    patch layout and vit-pytorch version are recorded. Returns the config file's path.
+    patch layout and vit-pytorch version are recorded. space: the grid the model was trained on
+    (a ``ModelSpace``, or a NIfTI image or path of one training volume), recorded as the config's
+    ``input_space``. Returns the config file's path.
     """
     from safetensors.torch import save
 
@@ -252,6 +256,10 @@ def save_model(module: nn.Module, path: str | os.PathLike, config: Mapping) -> P
         raise ModelError(f"save_model writes .safetensors files; got {path.name}")
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     cfg = dict(config)
+    if space is not None:
+        from .space import SPACE_KEY, ModelSpace
+
+        cfg[SPACE_KEY] = (space if isinstance(space, ModelSpace) else ModelSpace.from_image(space)).to_config()
     cfg.setdefault("patch_layout", CURRENT_LAYOUT)
     if cfg["patch_layout"] != CURRENT_LAYOUT:
         raise ConfigError("save_model writes the current patch layout; load legacy checkpoints with load_model first")
@@ -269,4 +277,60 @@ def save_model(module: nn.Module, path: str | os.PathLike, config: Mapping) -> P
     return config_path
 
 
-__all__ = ["load_model", "save_model", "ViTClassifier", "CheckpointError", "ConfigError"]
+def _safetensors_with_metadata(path: Path, metadata: dict[str, str]) -> bytes:
+    """The bytes of safetensors file ``path`` with its metadata replaced; the tensors' bytes unchanged.
+
+    The format: an 8-byte little-endian header length, a JSON header (tensor offsets are relative
+    to the data after it), then the data.
+    """
+    raw = path.read_bytes()
+    if len(raw) < 8:
+        raise CheckpointError(f"{path} is not a safetensors file (it is {len(raw)} bytes long)")
+    size = int.from_bytes(raw[:8], "little")
+    try:
+        header = json.loads(raw[8 : 8 + size])
+    except ValueError as err:
+        raise CheckpointError(f"{path} is not a safetensors file: its header is not JSON ({err})") from err
+    header["__metadata__"] = {**(header.get("__metadata__") or {}), **metadata}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as safetensors writes it
+    return len(text).to_bytes(8, "little") + text + raw[8 + size :]
+
+
+def set_input_space(path: str | os.PathLike, space, config: str | os.PathLike | None = None):
+    """Record the grid a checkpoint's model was trained on (its config's ``input_space``).
+
+    space: a ``ModelSpace``, or a NIfTI image or path whose grid it is. The config beside the
+    checkpoint (or ``config``) gets it, and a safetensors file's own copy of the config too,
+    together or not at all; the new config is checked against the weights first. Returns the
+    ``ModelSpace`` recorded.
+    """
+    from ..atomic import write_together
+    from .space import SPACE_KEY, ModelSpace
+
+    path = Path(path)
+    space = space if isinstance(space, ModelSpace) else ModelSpace.from_image(space)
+    config_path = Path(config) if config is not None else find_config_beside(path)
+    _, metadata = read_checkpoint(path)
+    embedded = CONFIG_METADATA_KEY in metadata and path.suffix == ".safetensors"
+    if config_path is None and not embedded:
+        raise ConfigError(f"{path.name} has no config to record the space in: write its config to "
+                          f"{path.with_suffix('.json').name} beside it first")
+    files = []
+    if config_path is not None:
+        given = read_config_file(config_path)
+        given[SPACE_KEY] = space.to_config()
+        load_model(path, config=given)  # the new config must still make this model
+        files.append((config_path, lambda p, text=json.dumps(given, indent=2) + "\n": p.write_text(text)))
+    if embedded:
+        inside = json.loads(metadata[CONFIG_METADATA_KEY])
+        inside[SPACE_KEY] = space.to_config()
+        if config_path is None:
+            load_model(path, config=inside)
+        data = _safetensors_with_metadata(path, {CONFIG_METADATA_KEY: json.dumps(inside, indent=2)})
+        files.append((path, lambda p, data=data: p.write_bytes(data)))
+    write_together(files)
+    return space
+
+
+__all__ = ["load_model", "save_model", "set_input_space", "ViTClassifier", "CheckpointError", "ConfigError"]

@@ -122,4 +122,8 @@ def build_monai(tensors: Mapping[str, torch.Tensor], config: dict, source: str) 
     vit.g3dvit_input_shape = tuple(size) if isinstance(size, (list, tuple)) else (size,) * 3
     cfg = dict(config, head=None)
     Preprocessing.from_config(cfg.get("preprocessing"))
+    from .config import check_input_orientation, check_input_space
+
+    check_input_orientation(cfg)
+    check_input_space(cfg, vit.g3dvit_input_shape)
     return ViTClassifier(vit, None, cfg).eval()
