@@ -156,3 +156,28 @@ def test_auto_in_the_widget_shows_why(make_napari_viewer, qtbot, tmp_path):
 def test_new_settings_are_checked(vit, volume, bad, words):
     with pytest.raises(g3d.SettingsError, match=words):
         g3d.explain(vit, volume, method="occlusion", device="cpu", **bad)
+
+
+def test_a_cohort_makes_the_choice_once(tmp_path):
+    """g3dvit batch in one process: the second input of the same shape reuses the first one's choice."""
+    import json
+
+    import nibabel as nib
+
+    from napari_g3dvit.cli import main
+    from napari_g3dvit.models.loading import ViTClassifier
+
+    from conftest import TINY
+
+    config = {"vit": {**TINY, "image_size": [8, 16], "image_patch_size": [4, 4], "pool": "cls"},
+              "input_orientation": "RAS"}
+    model = tmp_path / "m.safetensors"
+    g3d.save_model(ViTClassifier(make_vit(), None, config), model, config)
+    rng = np.random.default_rng(8)
+    for name in ("a", "b"):
+        nib.save(nib.Nifti1Image(rng.normal(size=TINY_SHAPE).astype(np.float32), np.eye(4)), tmp_path / f"{name}.nii.gz")
+    out = tmp_path / "out"
+    assert main(["batch", str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz"), "--out", str(out),
+                 "--model", str(model), "--workers", "0", "--quiet"]) == 0
+    first, second = (json.loads((out / f"{n}_desc-auto_heatmap.json").read_text())["auto"] for n in ("a", "b"))
+    assert not first["reused"] and second["reused"] and second["chosen"] == first["chosen"]

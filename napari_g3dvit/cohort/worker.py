@@ -447,8 +447,10 @@ def report_progress(progress, job: Job, volumes: int) -> None:
 
 
 def _choose(job: Job, loaded, image):
-    """The ``auto`` choice for a run explained in chunks, made once on a few of its timepoints."""
-    from ..choice import CHOICE_VOLUMES, choose_method
+    """The ``auto`` choice for a run explained in chunks, made on a few of its timepoints, or the
+    one this worker already made for the same model, input shape and settings (``choice_for``):
+    the choice is made once per worker for a whole cohort of same-sized inputs."""
+    from ..choice import CHOICE_VOLUMES, choice_for
     from ..orientation import reorientation_for
 
     picks = np.linspace(0, job.volumes - 1, CHOICE_VOLUMES).round().astype(int)
@@ -456,8 +458,8 @@ def _choose(job: Job, loaded, image):
     plan = space_plan(job, loaded, image)
     volumes = reorientation_for(plan.codes, plan.codes, loaded.input_orientation).to_model(plan.to_model(volumes))
     s = job.settings
-    return choose_method(loaded.model, volumes, target=s.target, device=s.device, baseline=s.baseline,
-                         pooling=s.pooling)
+    return choice_for(loaded.model, volumes, target=s.target, device=s.device, baseline=s.baseline,
+                      pooling=s.pooling)[0]
 
 
 def choose_task(job: Job):
