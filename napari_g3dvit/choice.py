@@ -13,7 +13,8 @@ within ``TIE`` goes to the one listed first, the cheaper).
 
 The choice is made once: later ``auto`` calls on the same model (same weights) and the same
 input shape, target and settings reuse it at the cost of the chosen method alone (``rechoose``
-forces a fresh one), and a series is judged on a few of its timepoints.
+forces a fresh one), and a series is judged on three of its timepoints: of up to 16 spread over
+the run, those where the model is surest of the class explained.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from .registry import METHOD_LAYERS, METHOD_SPECS, SETTINGS, spec
 
 #: forward passes (a backward counted as one) a choice may cost per volume; None: no limit
 DEFAULT_BUDGET: float | None = None
-#: timepoints of a series the choice is made on (spread over the run)
+#: timepoints of a series the choice is made on: of up to CHOICE_POOL spread over the run, those
+#: where the model is surest of the class explained
 CHOICE_VOLUMES = 3
+CHOICE_POOL = 16
 #: auto's removal for its criterion when the caller names none
 DEFAULT_REMOVAL = "drop"
 #: candidates whose deletion curves are measured in full (the others are out after round one)
@@ -153,6 +156,23 @@ def candidates(model: nn.Module, budget: float | None = None, removal: str = DEF
     return kept, pruned
 
 
+def _judged_timepoints(adapter, inputs: torch.Tensor, target, device) -> np.ndarray:
+    """The ``CHOICE_VOLUMES`` timepoints a series is judged on: of up to ``CHOICE_POOL`` spread over
+    the run, those where the model is surest of the class explained (a map of "task" is best judged
+    where the model sees task, not on rest timepoints). inputs [T, C, F, H, W] -> indices, in order."""
+    from .cam.engine import prepared_model
+    from .cam.result import batched_logits, resolve_targets, target_probability
+    from .explaining import targets_for
+
+    pool = np.unique(np.linspace(0, len(inputs) - 1, min(CHOICE_POOL, len(inputs))).round().astype(int))
+    with prepared_model(adapter.model, device):
+        logits = batched_logits(adapter, inputs[pool].to(device), 8).float()
+    wanted = targets_for(target, len(inputs))
+    classes = resolve_targets(logits, None if wanted is None else wanted[pool].to(logits.device))
+    sure = target_probability(logits, classes).cpu().numpy()
+    return np.sort(pool[np.argsort(-sure, kind="stable")[:CHOICE_VOLUMES]])
+
+
 def _cache_key(model: nn.Module, shape, target, settings: dict) -> tuple:
     """What a reusable choice must match: the weights (by identity and version), the input shape,
     the target and the settings that change maps."""
@@ -191,8 +211,8 @@ def choose_method(model: nn.Module, volumes, target=None, device=None, preproces
     inputs = model_inputs(adapter, prep.to_model(series, adapter.geometry.input_shape))
     adapter.geometry.grid_for(tuple(inputs.shape[2:]))  # a volume the model cannot take is the user's error
     RunSettings(methods=("cp-lrp",), target=target, pooling=pooling, baseline=removal)  # so are bad settings
-    if len(series) > CHOICE_VOLUMES:  # a few timepoints spread over the run
-        picks = np.linspace(0, len(series) - 1, CHOICE_VOLUMES).round().astype(int)
+    if len(series) > CHOICE_VOLUMES:
+        picks = _judged_timepoints(adapter, inputs, target, dev)
         series, inputs = series[picks], inputs[picks]
         if target is not None and np.ndim(target) == 1:
             target = list(np.asarray(target)[picks])

@@ -181,3 +181,17 @@ def test_a_cohort_makes_the_choice_once(tmp_path):
                  "--model", str(model), "--workers", "0", "--quiet"]) == 0
     first, second = (json.loads((out / f"{n}_desc-auto_heatmap.json").read_text())["auto"] for n in ("a", "b"))
     assert not first["reused"] and second["reused"] and second["chosen"] == first["chosen"]
+
+
+def test_a_series_is_judged_where_the_model_sees_the_explained_class(vit):
+    from napari_g3dvit.cam.engine import prepared_model
+    from napari_g3dvit.choice import CHOICE_POOL, CHOICE_VOLUMES, _judged_timepoints
+    from napari_g3dvit.models import find_adapter
+
+    series = torch.randn(30, 1, *TINY_SHAPE, generator=torch.Generator().manual_seed(9))
+    picks = _judged_timepoints(find_adapter(vit), series, 2, torch.device("cpu"))
+    with prepared_model(vit, torch.device("cpu")), torch.no_grad():
+        p2 = torch.softmax(vit(series), dim=1)[:, 2].numpy()
+    pool = np.unique(np.linspace(0, 29, CHOICE_POOL).round().astype(int))
+    assert len(picks) == CHOICE_VOLUMES and set(picks) <= set(pool)
+    assert set(picks) == set(pool[np.argsort(-p2[pool])[:CHOICE_VOLUMES]])  # the surest of class 2

@@ -450,10 +450,10 @@ def _choose(job: Job, loaded, image):
     """The ``auto`` choice for a run explained in chunks, made on a few of its timepoints, or the
     one this worker already made for the same model, input shape and settings (``choice_for``):
     the choice is made once per worker for a whole cohort of same-sized inputs."""
-    from ..choice import CHOICE_VOLUMES, choice_for
+    from ..choice import CHOICE_POOL, choice_for
     from ..orientation import reorientation_for
 
-    picks = np.linspace(0, job.volumes - 1, CHOICE_VOLUMES).round().astype(int)
+    picks = np.unique(np.linspace(0, job.volumes - 1, min(CHOICE_POOL, job.volumes)).round().astype(int))
     volumes = np.concatenate([read_volumes(image, int(t), int(t) + 1) for t in picks])
     plan = space_plan(job, loaded, image)
     volumes = reorientation_for(plan.codes, plan.codes, loaded.input_orientation).to_model(plan.to_model(volumes))
