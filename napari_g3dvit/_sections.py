@@ -92,7 +92,7 @@ class InspectSections(Container):
         except LabelNamesError as err:
             self.host._show_error(str(err))
             return None
-        self.host.result.value = f"'{labels.name}': {names.describe()}"
+        self.host._say(f"'{labels.name}': {names.describe()}")
         return names
 
     # -- peaks ------------------------------------------------------------------------------------------------
@@ -139,7 +139,7 @@ class InspectSections(Container):
             self._peaks_default = user_folder(source) / f"{safe_name(record.get('volume', 'heatmap'))}_peaks.csv"
             self.peaks_path.value = self._peaks_default
         where = f"; the largest at {', '.join(f'{v:.0f}' for v in table[0].peak_mm)} mm" if rows else ""
-        self.host.result.value = f"{len(rows)} clusters above {table.threshold:.3g} in '{layer.name}'{where}"
+        self.host._say(f"{len(rows)} clusters above {table.threshold:.3g} in '{layer.name}'{where}")
         return table
 
     def go_to_peak(self, row: int):
@@ -150,9 +150,9 @@ class InspectSections(Container):
             return None
         peak = self.peak_rows[row]
         point = go_to_world(self.host._viewer, peak.world)
-        self.host.result.value = (f"cluster {row + 1}: peak {peak.peak:.3f} at "
-                                  f"{', '.join(f'{v:.1f}' for v in peak.peak_mm)} mm"
-                                  + (f" in {peak.label}" if peak.label else ""))
+        self.host._say(f"cluster {row + 1}: peak {peak.peak:.3f} at "
+                       f"{', '.join(f'{v:.1f}' for v in peak.peak_mm)} mm"
+                       + (f" in {peak.label}" if peak.label else ""))
         return point
 
     def export_peaks(self, path=None):
@@ -167,7 +167,7 @@ class InspectSections(Container):
         except OSError as err:
             self.host._show_error(f"could not write {target}: {err.strerror or err}")
             return None
-        self.host.result.value = f"peak table written to {written}"
+        self.host._say(f"peak table written to {written}")
         return written
 
     # -- go to ------------------------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ class InspectSections(Container):
         except ValueError as err:
             self.host._show_error(str(err))
             return None
-        self.host.result.value = f"at {text.strip()} mm"
+        self.host._say(f"at {text.strip()} mm")
         return point
 
     # -- views ------------------------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ class InspectSections(Container):
         except (OSError, ValueError) as err:
             self.host._show_error(f"could not save the view to {target}: {getattr(err, 'strerror', None) or err}")
             return None
-        self.host.result.value = f"view saved to {written}"
+        self.host._say(f"view saved to {written}")
         return written
 
     def open_view(self, path=None):
@@ -214,5 +214,5 @@ class InspectSections(Container):
         if report.missing:
             self.host._show_error(report.summary())
         else:
-            self.host.result.value = report.summary()
+            self.host._say(report.summary())
         return report

@@ -230,8 +230,9 @@ class ExplainWidget(Container):
     def _sync_pooling(self, method: str) -> None:
         """Enable the controls the chosen method reads (the registry says which), and offer the
         baselines it accepts."""
-        for name in ("pooling", "baseline", "steps", "occlusion", "relevance_block"):
-            getattr(self, name).enabled = reads(method, name)
+        for name in SETTINGS:  # each setting's control is named as the setting
+            if name != "layer":
+                getattr(self, name).enabled = reads(method, name)
         self.hook_layer.enabled = method != AUTO and reads(method, "layer")
         current = self.baseline.value
         offered = baseline_choices(method) if reads(method, "baseline") else ()

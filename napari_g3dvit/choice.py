@@ -124,18 +124,17 @@ def candidates(model: nn.Module, budget: float | None = None, removal: str = DEF
     adapter = find_adapter(model)
     tokens = adapter.geometry.num_patches
     groups: list[tuple[float, list[Candidate]]] = []
-    auto = [s for s in METHOD_SPECS if s.auto]
-    if spec("cp-lrp").auto:
-        groups.append((spec("cp-lrp").forwards(tokens), [Candidate("cp-lrp")]))
-    if spec("occlusion").auto:  # its first-order estimate: one forward and one backward
-        groups.append((2.0, [Candidate("occlusion", None, (("baseline", removal), ("occlusion", "estimate")))]))
-    attention = [s for s in auto if s.family == "attention"]
-    if attention:
-        groups.append((max(s.forwards(tokens) for s in attention), [Candidate(s.name) for s in attention]))
-    cam = [s for s in auto if s.family == "cam"]
-    if cam:
-        layers = candidate_layers(model)
-        groups.append((max(s.forwards(tokens) for s in cam), [Candidate(s.name, layer) for s in cam for layer in layers]))
+    families: dict[str, list] = {}  # the registry's auto methods by family, in their rank's order
+    for s in sorted((s for s in METHOD_SPECS if s.auto), key=lambda s: s.auto_rank):
+        families.setdefault(s.family, []).append(s)
+    for specs in families.values():  # one explain call per family
+        layers = candidate_layers(model) if specs[0].uses_layer else [None]
+        group = [Candidate(s.name, layer, tuple(sorted({**dict(s.auto_settings),
+                                                         **({"baseline": removal} if "baseline" in s.settings else {})}
+                                                        .items())))
+                 for s in specs for layer in layers]
+        cost = max(s.forwards(tokens) if s.auto_forwards is None else s.auto_forwards for s in specs)
+        groups.append((cost, group))
     recommended = (getattr(model, "g3dvit_config", None) or {}).get("recommended_explanation") or {}
     method = recommended.get("method")
     if method in {s.name for s in METHOD_SPECS}:

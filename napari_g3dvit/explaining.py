@@ -152,8 +152,9 @@ class RunSettings:
             raise SettingsError("no method was given; choose from: " + ", ".join(s for s in FAMILY_PASSES))
         for name in self.methods:
             spec(name)
-        for name in ("pooling", "occlusion"):
-            _check_choice(getattr(self, name), SETTINGS[name].choices, name.replace("_", " "))
+        for name, setting in SETTINGS.items():  # the settings with a fixed list of choices
+            if setting.choices is not None and name != "baseline":
+                _check_choice(getattr(self, name), setting.choices, name.replace("_", " "))
         _check_choice(self.upsample, UPSAMPLE_MODES, "upsampling")
         if self.baseline is not None:
             _check_choice(self.baseline, SETTINGS["baseline"].choices, "baseline")
@@ -293,20 +294,6 @@ def _empty_map_reason(method: str, layer: str, low: float, high: float) -> str:
             "another layer or method")
 
 
-#: occlusion's removal when none is named (see docs/benchmarks.md, "Removal")
-OCCLUSION_REMOVAL = "drop"
-
-
-def default_baseline(method: str, baseline: str | None, normalises_raw_patches: bool) -> str:
-    """The baseline ``method`` uses: the one given, else its own default."""
-    if baseline is not None:
-        return baseline
-    if method == "occlusion":
-        return OCCLUSION_REMOVAL
-    if method == "integrated-gradients":
-        return "blur" if normalises_raw_patches else "zero"
-    return "mean"
-
 
 # -- the run ---------------------------------------------------------------------------------------------
 
@@ -316,8 +303,6 @@ def explain_methods(model: nn.Module, volume, settings: RunSettings,
     """Every requested (method, layer) map of ``volume``: {(method, layer): Explanation}, in the
     order the methods and layers were asked for. Given a dict ``raw``, it also receives each
     map's raw token scores [T, N] (signed, before ReLU and normalisation)."""
-    from .cam.perturbation import normalises_raw_patches
-
     adapter = find_adapter(model)
     prep = preprocessing_of(model, settings.preprocessing)
     series, is_series = as_series(volume)
@@ -334,9 +319,8 @@ def explain_methods(model: nn.Module, volume, settings: RunSettings,
         for layer in settings.layers:
             name, module = resolve_layer(model, adapter.default_layer if layer is None else layer)
             layers[name] = module
-    normalises = normalises_raw_patches(adapter)
-    baselines = {m: default_baseline(m, settings.baseline, normalises) for m in settings.methods
-                 if "baseline" in spec(m).settings}
+    baselines = {m: spec(m).baseline_for(settings.baseline, adapter.normalises_raw_patches)
+                 for m in settings.methods if "baseline" in spec(m).settings}
     sink = _Maps(settings, adapter.geometry, grid, prep, volume_shape, baselines)
     chunk = settings.batch_size or DEFAULT_BATCH_SIZE
     logits_parts, target_parts = [], []
@@ -347,7 +331,7 @@ def explain_methods(model: nn.Module, volume, settings: RunSettings,
             last = None
             for family, methods in grouped.items():
                 run_settings = settings
-                if family in ("occlusion", "integrated-gradients", "gradmask"):
+                if methods[0] in baselines:  # a pass of one baseline-reading method gets its own
                     run_settings = replace(settings, methods=tuple(methods), baseline=baselines[methods[0]])
                 batch = PassInput(adapter, inputs, part_targets, run_settings, layers)
                 for part in family_pass(family)(batch, methods):

@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 
 def _package_folders() -> list[Path]:
     here = Path(__file__).resolve().parent
@@ -104,3 +106,15 @@ def read_rows(path: str | os.PathLike) -> tuple[dict[str, str], list[dict[str, s
         about = json.loads(sidecar_of(path).read_text())
     rows = list(csv.DictReader(body, delimiter="\t" if tsv else ","))
     return about, rows
+
+
+def json_default(value):
+    """What ``json.dumps(default=...)`` makes of numpy scalars and arrays and of paths; TypeError
+    for anything else."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")

@@ -65,7 +65,11 @@ class MethodSpec:
     baselines: for a method reading ``baseline``: the values it accepts.
     cost:      what one volume costs, in words; ``forwards(tokens)`` the same as forward-pass
                equivalents (a backward counted as one forward), used by ``auto``'s budget.
-    auto:      whether ``auto`` may choose it.
+    auto:      whether ``auto`` may choose it; ``auto_rank`` orders the families it tries (the
+               cheapest first: a tie goes to the first), ``auto_settings`` are the settings its
+               candidate uses, ``auto_forwards`` that candidate's cost (default: ``forwards``).
+    default_baseline: for a method reading ``baseline``, the one it uses when none is named:
+               (for a ViT whose patch embedding normalises raw patches, for any other).
     layer:     the layer it reports when it uses no single hooked layer.
     output:    "tokens" (one score per patch token) or "voxels" (one per input voxel).
     """
@@ -80,6 +84,10 @@ class MethodSpec:
     cost: str = ""
     forward_cost: tuple[float, float] = (2.0, 0.0)  # forwards = a + b * tokens
     auto: bool = False
+    auto_rank: int = 9
+    auto_settings: tuple[tuple[str, object], ...] = ()
+    auto_forwards: float | None = None
+    default_baseline: tuple[str, str] | None = None
     layer: str | None = None
     output: str = "tokens"
 
@@ -87,6 +95,12 @@ class MethodSpec:
         """Forward-pass equivalents for one volume of ``tokens`` patch tokens (a backward = 1)."""
         fixed, per_token = self.forward_cost
         return fixed + per_token * tokens
+
+    def baseline_for(self, given: str | None, normalises_raw_patches: bool) -> str | None:
+        """The baseline this method uses: ``given``, else its own default (None: it reads none)."""
+        if "baseline" not in self.settings:
+            return None
+        return given if given is not None else self.default_baseline[0 if normalises_raw_patches else 1]
 
     @property
     def uses_layer(self) -> bool:
@@ -100,44 +114,48 @@ METHOD_SPECS: tuple[MethodSpec, ...] = (
                "G3D-ViT (Gillet), github.com/gillet-thomas/G3D-ViT", ("layer", "pooling"),
                cost="1 forward + 1 backward to the layer", auto=False),
     MethodSpec("gradcam", "cam", "GradCAM", "channel weights = mean gradient over tokens; map = weighted sum of channels",
-               "Selvaraju et al., ICCV 2017", _CAM, cost="1 forward + 1 backward to the layer", auto=True),
+               "Selvaraju et al., ICCV 2017", _CAM, cost="1 forward + 1 backward to the layer", auto=True, auto_rank=3),
     MethodSpec("layercam", "cam", "LayerCAM", "sum over channels of positive gradient x activation",
-               "Jiang et al., IEEE TIP 2021", _CAM, cost="1 forward + 1 backward to the layer", auto=True),
+               "Jiang et al., IEEE TIP 2021", _CAM, cost="1 forward + 1 backward to the layer", auto=True, auto_rank=3),
     MethodSpec("gradcam-elementwise", "cam", "GradCAM element-wise", "sum over channels of the positive part of "
                "gradient x activation", "pytorch-grad-cam (Gildenblat et al.)", _CAM,
-               cost="1 forward + 1 backward to the layer", auto=True),
+               cost="1 forward + 1 backward to the layer", auto=True, auto_rank=3),
     MethodSpec("hirescam", "cam", "HiResCAM", "sum over channels of gradient x activation",
-               "Draelos & Carin, arXiv:2011.08891", _CAM, cost="1 forward + 1 backward to the layer", auto=True),
+               "Draelos & Carin, arXiv:2011.08891", _CAM, cost="1 forward + 1 backward to the layer", auto=True, auto_rank=3),
     MethodSpec("attention-rollout", "attention", "attention rollout",
                "every block's head-averaged attention (plus identity) chained through the depth; class-agnostic",
-               "Abnar & Zuidema, ACL 2020", cost="1 forward", forward_cost=(1.0, 0.0), auto=True,
+               "Abnar & Zuidema, ACL 2020", cost="1 forward", forward_cost=(1.0, 0.0), auto=True, auto_rank=2,
                layer="attention (all blocks)"),
     MethodSpec("grad-rollout", "attention", "gradient-weighted rollout",
                "attention weighted by its gradient (positive part), rolled out through the depth",
-               "Chefer et al., ICCV 2021", cost="1 forward + 1 backward", auto=True, layer="attention (all blocks)"),
+               "Chefer et al., ICCV 2021", cost="1 forward + 1 backward", auto=True, auto_rank=2,
+               layer="attention (all blocks)"),
     MethodSpec("legrad", "attention", "LeGrad", "positive gradient of every block's attention, averaged and summed",
-               "Bousselham et al., 2024", cost="1 forward + 1 backward", auto=True, layer="attention (all blocks)"),
+               "Bousselham et al., 2024", cost="1 forward + 1 backward", auto=True, auto_rank=2,
+               layer="attention (all blocks)"),
     MethodSpec("cp-lrp", "cp-lrp", "conservative propagation (CP-LRP)",
                "gradient x input at the transformer's input tokens, with attention probabilities and the "
                "LayerNorm scale held constant and GELU passing Phi(x): a relevance that sums to the logit",
                "Ali et al., ICML 2022; the same rules as LibraGrad (Mehri et al., CVPR 2025)", ("relevance_block",),
-               cost="1 forward + 1 backward", auto=True, layer="transformer input (conservative)"),
+               cost="1 forward + 1 backward", auto=True, auto_rank=0, layer="transformer input (conservative)"),
     MethodSpec("occlusion", "occlusion", "occlusion",
                "how far the target logit falls when a token is removed; 'fast' estimates every token from one "
                "backward and measures the strongest", "Zeiler & Fergus, ECCV 2014; token removal: Jain et al., ICLR 2022",
                ("baseline", "occlusion"), baselines=REMOVALS,
                cost="fast: 1 forward + 1 backward + about 24 forwards; full: 1 forward per token",
-               forward_cost=(26.0, 0.0), auto=True, layer="input (occluded tokens)"),
+               forward_cost=(26.0, 0.0), auto=True, auto_rank=1, auto_settings=(("occlusion", "estimate"),),
+               auto_forwards=2.0, default_baseline=("drop", "drop"), layer="input (occluded tokens)"),
     MethodSpec("integrated-gradients", "integrated-gradients", "integrated gradients",
                "gradient x (input - baseline) averaged along the straight path from the baseline",
                "Sundararajan et al., ICML 2017", ("baseline", "steps"), baselines=BASELINES,
                cost="steps x (1 forward + 1 backward)", forward_cost=(64.0, 0.0), auto=False,
-               layer="input (voxels)", output="voxels"),
+               default_baseline=("blur", "zero"), layer="input (voxels)", output="voxels"),
     MethodSpec("gradmask", "gradmask", "GradMask",
                "binary token masks from the gradients of every block's queries, keys and values, weighted by "
                "the target's probability on the masked input", "Traini et al., IJCNN 2025", ("baseline",),
                baselines=BASELINES, cost="1 forward + 1 backward + 3 x (blocks - 1) x heads masked forwards",
-               forward_cost=(50.0, 0.0), auto=False, layer="Q/K/V gradients (all blocks)"),
+               forward_cost=(50.0, 0.0), auto=False, default_baseline=("mean", "mean"),
+               layer="Q/K/V gradients (all blocks)"),
 )
 
 SPECS: dict[str, MethodSpec] = {spec.name: spec for spec in METHOD_SPECS}

@@ -27,6 +27,7 @@ import numpy as np
 
 from .orientation import ORIENTATION_KEY, STORED, Reorientation, codes_of, reorientation_for
 from .records import heat_layer_name, short_layer
+from .registry import SETTINGS
 
 log = logging.getLogger("napari_g3dvit")
 
@@ -36,8 +37,8 @@ MODEL_KEY = "g3dvit_model"
 #: timepoints explained per step by default: a run can be stopped between steps
 DEFAULT_STEP = 4
 #: settings that make two runs "the same" (a re-run updates the earlier layer)
-SAME_RUN_KEYS = ("volume", "model", "method", "layer", "pooling", "target", "threshold", "upsample", "baseline",
-                 "steps", "occlusion", "relevance_block", "device", "series", "input_orientation", "space")
+SAME_RUN_KEYS = ("volume", "model", "method", *SETTINGS, "target", "threshold", "upsample", "device", "series",
+                 "input_orientation", "space")
 _warned_orientation: set[str] = set()
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .outputs import is_in_package, safe_name
+from .outputs import is_in_package, json_default, safe_name
 from .runner import MODEL_KEY, RESULT_KEY
 
 FORMAT = "napari-g3dvit view"
@@ -50,13 +50,11 @@ class OpenReport:
 
 
 def _json(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
+    """numpy values and paths as JSON; anything else a view holds as its text."""
+    try:
+        return json_default(value)
+    except TypeError:
         return str(value)
-    return str(value)
 
 
 def _kind(layer) -> str | None:

@@ -322,7 +322,7 @@ def test_integrated_gradients_from_zero_are_complete_on_a_conv_patch_vit():
     with prepared_model(model, CPU), warnings.catch_warnings():
         warnings.simplefilter("error")  # no degenerate-baseline warning for this model
         result = pert.integrated_gradients(adapter, batch(), None, baseline="zero", steps=64)
-    assert not pert.normalises_raw_patches(adapter)
+    assert not adapter.normalises_raw_patches
     assert float((result.input_scores - result.baseline_scores).abs().min()) > 0.01
     assert float(result.relative_gap.max()) < 0.03
 
@@ -331,7 +331,7 @@ def test_integrated_gradients_from_a_constant_baseline_warn_on_vit_pytorch():
     """vit-pytorch normalises each raw patch: from zero, each token's attributions sum to ~0."""
     model = make_vit()
     adapter = find_adapter(model)
-    assert pert.normalises_raw_patches(adapter)
+    assert adapter.normalises_raw_patches
     with prepared_model(model, CPU):
         with pytest.warns(RuntimeWarning, match="degenerate"):
             result = pert.integrated_gradients(adapter, batch(), None, baseline="zero", steps=16)

@@ -338,13 +338,6 @@ def _measure_strongest(occluder: _Occluder, estimates: Tensor, measure: int) -> 
 # -- integrated gradients ------------------------------------------------------------------------
 
 
-def normalises_raw_patches(adapter) -> bool:
-    """Whether the ViT's patch embedding normalises each patch's raw voxels (the adapter knows):
-    such a model cannot see a patch's offset or (positive) scale, which makes integrated
-    gradients from a constant baseline degenerate (see ``integrated_gradients``)."""
-    return adapter.normalises_raw_patches
-
-
 @dataclass
 class IntegratedGradientsResult(MethodResult):
     """``scores`` holds the attributions [B, F, H, W]; ``logits`` [B, K]; ``targets`` [B].
@@ -412,7 +405,7 @@ def integrated_gradients(
     forward and one backward (down to the inputs only) per batch.
 
     Baseline and vit-pytorch: its patch embedding normalises each patch's raw voxels
-    (``normalises_raw_patches``), so on the path from ``zero`` (any channel count) or from
+    (``adapter.normalises_raw_patches``), so on the path from ``zero`` (any channel count) or from
     ``mean`` (one channel) every patch is the input's patch scaled and shifted, which the model
     does not see: the logit stays flat for all but the smallest alpha (where LayerNorm's epsilon
     dominates), each token's attributions sum to about 0, and completeness needs thousands of
@@ -430,7 +423,7 @@ def integrated_gradients(
     count = inputs.shape[0]
     device = inputs.device
     if baseline == "zero" or (baseline == "mean" and adapter.geometry.channels == 1):
-        if normalises_raw_patches(adapter):
+        if adapter.normalises_raw_patches:
             warnings.warn(
                 f"integrated gradients from the {baseline!r} baseline are degenerate for this model: "
                 "its patch embedding normalises every patch (LayerNorm), so the straight path from "

@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..atomic import write_atomic
+from ..outputs import json_default
 
 #: NIfTI-1 single-file layout: a 348-byte header, 4 bytes of extension flags, then the voxels
 _HEADER_BYTES, _DATA_OFFSET = 348, 352
@@ -203,11 +204,3 @@ def _cell(value):
     return value
 
 
-def json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON")
