@@ -116,10 +116,9 @@ def evaluate(name: str, n: int, curves: bool = True, sanity: bool = True) -> lis
     choices: dict[str, int] = {}
 
     def all_maps(net, volume, label, cheap: bool = False) -> tuple[dict, dict, str]:
-        """Token maps of every method for one volume (raw scores), and seconds per map."""
+        """Token maps of every method for one volume, and seconds per map."""
         seconds, found = {}, {}
         started = time.perf_counter()
-        raw: dict = {}
         cams = g3d.explain(net, volume, method=list(CAM_METHODS), layer=list(layers.values()),
                            target=int(label), threshold=None)
         seconds.update({f"{m} @ {w}": (time.perf_counter() - started) / len(cams) for w in layers for m in CAM_METHODS})

@@ -28,7 +28,7 @@ from .models import find_adapter
 from .models.layers import resolve_layer
 from .models.preprocessing import Preprocessing
 from .options import DEFAULT_THRESHOLD, UPSAMPLE_MODES
-from .registry import FAMILY_PASSES, SETTINGS, baseline_choices, families, spec
+from .registry import FAMILY_PASSES, METHODS, SETTINGS, baseline_choices, families, spec
 
 DEFAULT_BATCH_SIZE = 8
 
@@ -149,7 +149,7 @@ class RunSettings:
 
     def __post_init__(self):
         if not self.methods:
-            raise SettingsError("no method was given; choose from: " + ", ".join(s for s in FAMILY_PASSES))
+            raise SettingsError("no method was given; choose from: " + ", ".join(METHODS))
         for name in self.methods:
             spec(name)
         for name, setting in SETTINGS.items():  # the settings with a fixed list of choices

@@ -33,7 +33,7 @@ from torch import nn
 
 from ..errors import ModelError, SettingsError
 from ..registry import ATTENTION_METHODS
-from .result import MethodResult, resolve_targets, target_logits
+from .result import MethodResult
 
 Tensor = torch.Tensor
 

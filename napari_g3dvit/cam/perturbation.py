@@ -34,7 +34,6 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..errors import ModelError, SettingsError, VolumeError
 from ..options import BASELINES, OCCLUSION_MODES, REMOVALS
