@@ -244,3 +244,29 @@ def test_gzip_bytes_named_nii_get_the_hint(tmp_path):
     assert main(batch(named, "--out", out, "--model", model)) == 1
     error = json.loads((out / "logs" / "scan_desc-g3dvit_error.json").read_text())["error"]
     assert "holds gzip-compressed bytes: rename it to scan.nii.gz" in error
+
+
+def test_a_rerun_removes_every_staged_file_an_interrupted_run_left(tmp_path):
+    """A run interrupted while staging an input's outputs leaves hidden temporary files of each kind
+    (map, sidecar, tables, error record); planning that input again removes all of them (a peak
+    table's was left behind, seen after a Ctrl-C)."""
+    from dataclasses import fields
+
+    from napari_g3dvit.cohort import Settings, loose_inputs
+    from napari_g3dvit.cohort.jobs import model_ref
+    from napari_g3dvit.cohort.run import plan
+
+    model = save_model(tmp_path)
+    source = write_run(tmp_path / "in" / "run.nii.gz", 4, seed=5)
+    out = tmp_path / "out"
+    [item] = loose_inputs([str(source)])
+    outputs = item.outputs(out, "g3dvit")
+    staged = []
+    for f in fields(outputs):
+        target = getattr(outputs, f.name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged.append(target.parent / f".{target.name}.ab12cd{target.suffix}")
+        staged[-1].write_text("half written")
+    jobs, _, _ = plan([item], out, model_ref(model), Settings(methods=("g3dvit",)))
+    assert len(jobs) == 1
+    assert [p.name for p in staged if p.exists()] == []

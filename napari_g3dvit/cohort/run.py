@@ -18,7 +18,7 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -120,7 +120,7 @@ def _remove_leftovers(job: Job) -> None:
     """Temporary files an interrupted run left beside this job's outputs (hidden, never complete)."""
     for method in job.methods:
         outputs = job.outputs(method)
-        for target in (outputs.heatmap, outputs.sidecar, outputs.regions, outputs.timeseries):
+        for target in (getattr(outputs, f.name) for f in fields(outputs)):  # every kind of output
             for stale in target.parent.glob(f".{target.name}.*"):
                 stale.unlink(missing_ok=True)
     parts = job.parts_folder.parent
