@@ -10,7 +10,10 @@ later call" reuses the remembered choice for the same model and input shape.
 
 The ranking table compares fast occlusion (and its first-order estimate) with full occlusion,
 token by token (Spearman), on the shipped sample models' example volumes and the fMRI sample's
-first task timepoint, for each removal.
+first task timepoint, for each removal. The agreement table compares each map with full
+occlusion (tokens dropped) of the same model on two ViTs no method or setting was tuned on
+(random weights, vit-pytorch and MONAI): Spearman over tokens and the share of full occlusion's
+top 5 % tokens that the map's top 5 % holds.
 
     python benchmarks/bench_methods.py                    # CPU: both cost tables and the ranking
     python benchmarks/bench_methods.py --device cuda      # on a GPU
@@ -140,12 +143,54 @@ def ranking_table(device: str) -> None:
                   f"{spearman(estimate.token_map, full.token_map):.3f} | {full_s:.1f} | {fast_s:.2f} |", flush=True)
 
 
+def untuned_models(seed: int = 5):
+    """Two ViTs no method was tuned on, random weights, 216 tokens: vit-pytorch and MONAI."""
+    from monai.networks.nets import ViT as MonaiViT
+
+    config = dict(image_size=48, image_patch_size=8, frames=48, frame_patch_size=8, num_classes=3, dim=128,
+                  depth=4, heads=4, mlp_dim=256, channels=1, dim_head=32)
+    vit, _ = build(config, "cpu", seed)
+    torch.manual_seed(seed)
+    monai = MonaiViT(in_channels=1, img_size=(48, 48, 48), patch_size=(8, 8, 8), hidden_size=128, mlp_dim=256,
+                     num_layers=4, num_heads=4, num_classes=3, classification=True).eval()
+    return {"vit-pytorch (random weights)": vit, "MONAI ViT (random weights)": monai}
+
+
+def agreement_table(device: str, volumes: int = 3) -> None:
+    """How each map agrees with full occlusion (tokens dropped) of the same untuned model."""
+    methods = {"cp-lrp": dict(method="cp-lrp"), "auto": dict(method="auto", rechoose=True),
+               "occlusion (fast)": dict(method="occlusion"), "grad-rollout": dict(method="grad-rollout"),
+               "hirescam @ first block": dict(method="hirescam", first=True),
+               "g3dvit (published)": dict(method="g3dvit")}
+    print(f"\n### Agreement with full occlusion on models no method was tuned on ({volumes} random volumes each)\n")
+    print("| model | map | Spearman with full occlusion | top 5 % tokens shared with full occlusion |")
+    print("|---|---|---:|---:|", flush=True)
+    for name, model in untuned_models().items():
+        rows = {label: ([], []) for label in methods}
+        for seed in range(volumes):
+            volume = torch.randn(48, 48, 48, generator=torch.Generator().manual_seed(100 + seed)).numpy()
+            full = g3d.explain(model, volume, method="occlusion", occlusion="full", threshold=None,
+                               device=device).token_map.ravel()
+            top = max(1, round(0.05 * full.size))
+            best = set(np.argsort(-full)[:top])
+            for label, settings in methods.items():
+                settings = dict(settings)
+                if settings.pop("first", False):
+                    settings["layer"] = find_adapter(model).attention_norm(0)
+                tokens = g3d.explain(model, volume, threshold=None, device=device, **settings).token_map.ravel()
+                rows[label][0].append(spearman(tokens, full))
+                rows[label][1].append(len(best & set(np.argsort(-tokens)[:top])) / top)
+        for label, (rho, shared) in rows.items():
+            print(f"| {name} | {label} | {np.mean(rho):.2f} | {np.mean(shared):.2f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--skip-ranking", action="store_true")
     parser.add_argument("--skip-cost", action="store_true")
+    parser.add_argument("--skip-agreement", action="store_true")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     if not args.skip_cost:
@@ -156,6 +201,8 @@ def main() -> None:
                    {"auto, first call": 5, "auto, later call": 3})
     if not args.skip_ranking:
         ranking_table(args.device)
+    if not args.skip_agreement:
+        agreement_table(args.device)
 
 
 if __name__ == "__main__":
